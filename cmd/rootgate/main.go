@@ -1,0 +1,50 @@
+// Command rootgate is Rootgate's one binary: the server (CA, enrollment,
+// inventory), the device agent, and the admin commands. It only parses flags
+// and configuration and wires the packages together.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "rootgate:", err)
+		var ec exitCoder
+		if errors.As(err, &ec) {
+			os.Exit(ec.ExitCode())
+		}
+		os.Exit(1)
+	}
+}
+
+// exitCoder lets a command choose its exit status.
+type exitCoder interface{ ExitCode() int }
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "rootgate",
+		Short:         "Hardware-rooted device identity: TPM enrollment, an HSM-backed CA, device inventory",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringP("output", "o", "text", "output format: text or json")
+	root.AddCommand(
+		newCACmd(),
+		newServerCmd(),
+		newDevicesCmd(),
+		newTokensCmd(),
+		newAgentCmd(),
+	)
+	return root
+}
