@@ -1,0 +1,453 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/google/go-attestation/attest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	rootgatev1 "github.com/rootgate/rootgate/api/rootgate/v1"
+	"github.com/rootgate/rootgate/internal/tpmdev"
+)
+
+// Bounds on the server's approval poll interval.
+const (
+	minPollInterval     = time.Second
+	maxPollInterval     = 5 * time.Minute
+	defaultPollInterval = 5 * time.Second
+)
+
+// Enroller enrolls this device's TPM with the enrollment service. It is
+// safe to call Enroll again: it keeps a valid certificate and reuses the AK.
+type Enroller struct {
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+}
+
+// New checks cfg and returns an Enroller.
+func New(cfg Config) (*Enroller, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("agent: state directory not set")
+	}
+	if _, err := ParseTPMDevice(cfg.TPM); err != nil {
+		return nil, err
+	}
+	if cfg.Server != "" {
+		if _, _, err := net.SplitHostPort(cfg.Server); err != nil {
+			return nil, fmt.Errorf("agent: server %q: want HOST:PORT: %w", cfg.Server, err)
+		}
+	}
+	if len(cfg.CABundle) > 0 {
+		if !x509.NewCertPool().AppendCertsFromPEM(cfg.CABundle) {
+			return nil, errors.New("agent: CA bundle holds no PEM certificate")
+		}
+	}
+	if cfg.RenewBefore < 0 {
+		return nil, fmt.Errorf("agent: renew-before %v is negative", cfg.RenewBefore)
+	}
+	e := &Enroller{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	if e.log == nil {
+		e.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	return e, nil
+}
+
+func (e *Enroller) progress(name, format string, args ...any) {
+	if e.cfg.Progress != nil {
+		e.cfg.Progress(Step{Name: name, Message: fmt.Sprintf(format, args...)})
+	}
+}
+
+// renewBefore is the configured renewal margin, or a third of the
+// certificate's lifetime.
+func (e *Enroller) renewBefore(cert *x509.Certificate) time.Duration {
+	if e.cfg.RenewBefore > 0 || cert == nil {
+		return e.cfg.RenewBefore
+	}
+	return cert.NotAfter.Sub(cert.NotBefore) / 3
+}
+
+// Enroll makes sure the state directory holds a valid device certificate.
+// With a complete enrollment whose certificate has more than RenewBefore
+// left (and Force unset) it returns at once with AlreadyEnrolled set,
+// without touching the TPM or the network. Otherwise it runs the
+// enrollment protocol: Begin (polling while the device awaits approval),
+// credential activation, a device key created in the TPM and certified by
+// the AK with the server's nonce, a quote, Finish; then it stores the
+// TPM-wrapped key blob, the certificate and its chain, and state.json.
+//
+// A failed enrollment leaves the previous one in place. Errors from the
+// server are *ServerError values carrying the gRPC code and message.
+func (e *Enroller) Enroll(ctx context.Context) (*Result, error) {
+	sd, err := OpenStateDir(e.cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := sd.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	prev, err := sd.LoadEnrollment()
+	if errors.Is(err, ErrNotEnrolled) {
+		if err != ErrNotEnrolled {
+			e.log.Warn("ignoring incomplete enrollment in the state directory", "dir", sd.Path(), "err", err)
+		}
+		prev = nil
+	} else if err != nil {
+		return nil, err
+	}
+	var prevCert *x509.Certificate
+	if prev != nil {
+		prevCert = prev.Certificate
+	}
+	d := Decide(prev, e.now(), e.renewBefore(prevCert), e.cfg.Force)
+	if !d.Enroll {
+		res := e.result(sd, prev.State, true, false, d.Reason)
+		e.progress("already_enrolled", "already enrolled as %s; certificate valid until %s (%s left)",
+			res.DeviceID, res.NotAfter.Format(time.RFC3339), d.Remaining.Round(time.Second))
+		return res, nil
+	}
+	if e.cfg.Server == "" {
+		return nil, errors.New("agent: enrollment server not set")
+	}
+	e.log.Info("enrolling", "reason", d.Reason, "server", e.cfg.Server, "tpm", e.cfg.TPM)
+	st, err := e.enroll(ctx, sd, prev)
+	if err != nil {
+		return nil, err
+	}
+	return e.result(sd, *st, false, prev != nil, d.Reason), nil
+}
+
+func (e *Enroller) result(sd *StateDir, st State, already, renewed bool, reason string) *Result {
+	return &Result{
+		DeviceID:        st.DeviceID,
+		SPIFFEID:        st.SPIFFEID,
+		Serial:          st.Serial,
+		NotAfter:        st.NotAfter,
+		Server:          st.Server,
+		CertPath:        sd.File(CertFile),
+		ChainPath:       sd.File(ChainFile),
+		KeyPath:         sd.File(KeyFile),
+		AlreadyEnrolled: already,
+		Renewed:         renewed,
+		Reason:          reason,
+	}
+}
+
+// dial returns a client over server-authenticated TLS 1.3. grpc.NewClient
+// connects lazily, on the first call.
+func (e *Enroller) dial() (*grpc.ClientConn, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: e.cfg.ServerName}
+	if len(e.cfg.CABundle) > 0 {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(e.cfg.CABundle)
+		tc.RootCAs = pool
+	}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, e.cfg.DialOptions...)
+	cc, err := grpc.NewClient(e.cfg.Server, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("agent: server %s: %w", e.cfg.Server, err)
+	}
+	return cc, nil
+}
+
+func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (*State, error) {
+	cc, err := e.dial()
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	client := rootgatev1.NewEnrollmentServiceClient(cc)
+
+	dev, _ := ParseTPMDevice(e.cfg.TPM) // checked by New
+	e.progress("tpm", "opening TPM %s", dev)
+	tpm, err := tpmdev.Open(ctx, dev.String())
+	if err != nil {
+		return nil, fmt.Errorf("agent: open TPM %s: %w", dev, err)
+	}
+	defer tpm.Close()
+
+	eks, err := tpm.EKs()
+	if err != nil {
+		return nil, fmt.Errorf("agent: read endorsement keys: %w", err)
+	}
+	ek, err := chooseEK(eks)
+	if err != nil {
+		return nil, err
+	}
+	ekDER, err := x509.MarshalPKIXPublicKey(ek.Public)
+	if err != nil {
+		return nil, fmt.Errorf("agent: encode EK public key: %w", err)
+	}
+	e.progress("ek", "%s", describeEK(ek))
+
+	ak, created, err := loadOrCreateAK(tpm, sd, e.log)
+	if err != nil {
+		return nil, err
+	}
+	defer ak.Close(tpm)
+	if created {
+		e.progress("ak", "AK ready (created, ECDSA P-256, saved to %s)", sd.File(AKFile))
+	} else {
+		e.progress("ak", "AK ready (loaded from %s)", sd.File(AKFile))
+	}
+
+	facts := e.cfg.Facts
+	if facts == nil {
+		f := CollectFacts()
+		facts = &f
+	}
+	ap := ak.AttestationParameters()
+	begin := &rootgatev1.BeginEnrollmentRequest{
+		EkPublic: ekDER,
+		Ak: &rootgatev1.AttestationParameters{
+			Public:                  ap.Public,
+			UseTcsdActivationFormat: ap.UseTCSDActivationFormat,
+			CreateData:              ap.CreateData,
+			CreateAttestation:       ap.CreateAttestation,
+			CreateSignature:         ap.CreateSignature,
+		},
+		Facts: &rootgatev1.DeviceFacts{
+			Hostname:     facts.Hostname,
+			Os:           facts.OS,
+			Serial:       facts.Serial,
+			AgentVersion: facts.AgentVersion,
+		},
+		EnrollmentToken: e.cfg.Token,
+	}
+	if ek.Certificate != nil {
+		begin.EkCertificate = ek.Certificate.Raw
+	}
+	ch, err := e.begin(ctx, client, begin)
+	if err != nil {
+		return nil, err
+	}
+	deviceID := ch.GetDeviceId()
+	e.progress("challenge", "challenge received (device %s)", deviceID)
+
+	cred := ch.GetCredential()
+	secret, err := ak.ActivateCredentialWithEK(tpm, attest.EncryptedCredential{
+		Credential: cred.GetCredential(),
+		Secret:     cred.GetSecret(),
+	}, ek)
+	if err != nil {
+		return nil, fmt.Errorf("agent: activate credential: %w", err)
+	}
+	e.progress("activated", "credential activated")
+
+	nonce := ch.GetNonce()
+	key, err := newDeviceKey(tpm, ak, nonce)
+	if err != nil {
+		return nil, err
+	}
+	defer key.Close()
+	e.progress("device_key", "device key created and certified")
+
+	quote, err := ak.Quote(tpm, nonce, attest.HashSHA256)
+	if err != nil {
+		return nil, fmt.Errorf("agent: quote PCRs: %w", err)
+	}
+	pcrs, err := tpm.PCRs(attest.HashSHA256)
+	if err != nil {
+		return nil, fmt.Errorf("agent: read PCRs: %w", err)
+	}
+	eventLog, err := tpm.MeasurementLog()
+	if err != nil {
+		e.log.Warn("no measurement log; sending none", "err", err)
+		eventLog = nil
+	}
+
+	signer, err := keySigner(key)
+	if err != nil {
+		return nil, err
+	}
+	spiffeID := ""
+	if prev != nil && prev.State.DeviceID == deviceID {
+		spiffeID = prev.State.SPIFFEID
+	}
+	csr, err := newCSR(signer, deviceID, spiffeID)
+	if err != nil {
+		return nil, err
+	}
+
+	cp := key.CertificationParameters()
+	finish := &rootgatev1.FinishEnrollmentRequest{
+		EnrollmentId:     ch.GetEnrollmentId(),
+		ActivationSecret: secret,
+		DeviceKey: &rootgatev1.CertificationParameters{
+			Public:            cp.Public,
+			CreateData:        cp.CreateData,
+			CreateAttestation: cp.CreateAttestation,
+			CreateSignature:   cp.CreateSignature,
+		},
+		Quotes:   []*rootgatev1.Quote{{Quote: quote.Quote, Signature: quote.Signature}},
+		Pcrs:     pcrsToProto(pcrs),
+		EventLog: eventLog,
+		Csr:      csr,
+	}
+	fin, err := client.FinishEnrollment(ctx, finish)
+	if err != nil {
+		return nil, serverError("FinishEnrollment", e.cfg.Server, err)
+	}
+
+	leaf, chain, err := checkIssued(fin, key.Public(), e.now())
+	if err != nil {
+		return nil, err
+	}
+	if fin.GetDeviceId() != "" && fin.GetDeviceId() != deviceID {
+		return nil, fmt.Errorf("agent: FinishEnrollment: server answered for device %s, not %s", fin.GetDeviceId(), deviceID)
+	}
+	spiffeID = fin.GetSpiffeId()
+	if spiffeID == "" && len(leaf.URIs) > 0 {
+		spiffeID = leaf.URIs[0].String()
+	}
+	keyBlob, err := key.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("agent: marshal device key blob: %w", err)
+	}
+	st := State{
+		DeviceID:   deviceID,
+		SPIFFEID:   spiffeID,
+		Serial:     leaf.SerialNumber.Text(16),
+		NotAfter:   leaf.NotAfter.UTC(),
+		Server:     e.cfg.Server,
+		EnrolledAt: e.now().UTC(),
+	}
+	if err := sd.SaveEnrollment(st, keyBlob, leaf, chain); err != nil {
+		return nil, err
+	}
+	e.progress("issued", "certificate issued: serial %s, valid until %s", st.Serial, st.NotAfter.Format(time.RFC3339))
+	e.log.Info("enrolled", "device_id", deviceID, "serial", st.Serial, "not_after", st.NotAfter)
+	return &st, nil
+}
+
+// begin calls BeginEnrollment until the server answers with a challenge,
+// waiting the server's poll interval while the device awaits approval.
+func (e *Enroller) begin(ctx context.Context, client rootgatev1.EnrollmentServiceClient, req *rootgatev1.BeginEnrollmentRequest) (*rootgatev1.BeginEnrollmentResponse, error) {
+	announced := false
+	for {
+		resp, err := client.BeginEnrollment(ctx, req)
+		if err != nil {
+			return nil, serverError("BeginEnrollment", e.cfg.Server, err)
+		}
+		switch resp.GetStatus() {
+		case rootgatev1.EnrollmentStatus_ENROLLMENT_STATUS_CHALLENGE:
+			if len(resp.GetNonce()) == 0 || resp.GetEnrollmentId() == "" || resp.GetCredential() == nil {
+				return nil, errors.New("agent: BeginEnrollment: challenge without nonce, enrollment ID or credential")
+			}
+			return resp, nil
+		case rootgatev1.EnrollmentStatus_ENROLLMENT_STATUS_PENDING_APPROVAL:
+			if !announced {
+				e.progress("pending", "waiting for approval (device %s)", resp.GetDeviceId())
+				announced = true
+			}
+			wait := defaultPollInterval
+			if pi := resp.GetPollInterval(); pi != nil {
+				wait = min(max(pi.AsDuration(), minPollInterval), maxPollInterval)
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, fmt.Errorf("agent: waiting for approval of device %s: %w", resp.GetDeviceId(), ctx.Err())
+			case <-t.C:
+			}
+		default:
+			return nil, fmt.Errorf("agent: BeginEnrollment: unexpected status %v", resp.GetStatus())
+		}
+	}
+}
+
+// checkIssued parses the issued certificate and chain and checks that the
+// certificate is for the device key and currently valid.
+func checkIssued(fin *rootgatev1.FinishEnrollmentResponse, pub crypto.PublicKey, now time.Time) (*x509.Certificate, []*x509.Certificate, error) {
+	leaf, err := x509.ParseCertificate(fin.GetCertificate())
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: FinishEnrollment: issued certificate: %w", err)
+	}
+	type equaler interface{ Equal(x crypto.PublicKey) bool }
+	if k, ok := leaf.PublicKey.(equaler); !ok || !k.Equal(pub) {
+		return nil, nil, errors.New("agent: FinishEnrollment: issued certificate is not for the TPM device key")
+	}
+	if now.After(leaf.NotAfter) {
+		return nil, nil, fmt.Errorf("agent: FinishEnrollment: issued certificate expired at %s", leaf.NotAfter)
+	}
+	chain := make([]*x509.Certificate, 0, len(fin.GetChain()))
+	for i, der := range fin.GetChain() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("agent: FinishEnrollment: chain certificate %d: %w", i, err)
+		}
+		chain = append(chain, c)
+	}
+	if len(chain) > 0 {
+		if err := leaf.CheckSignatureFrom(chain[0]); err != nil {
+			return nil, nil, fmt.Errorf("agent: FinishEnrollment: certificate not signed by the first chain certificate: %w", err)
+		}
+	}
+	return leaf, chain, nil
+}
+
+func pcrsToProto(pcrs []attest.PCR) []*rootgatev1.PCR {
+	out := make([]*rootgatev1.PCR, 0, len(pcrs))
+	for _, p := range pcrs {
+		alg := rootgatev1.HashAlgorithm_HASH_ALGORITHM_UNSPECIFIED
+		switch p.DigestAlg {
+		case crypto.SHA1:
+			alg = rootgatev1.HashAlgorithm_HASH_ALGORITHM_SHA1
+		case crypto.SHA256:
+			alg = rootgatev1.HashAlgorithm_HASH_ALGORITHM_SHA256
+		case crypto.SHA384:
+			alg = rootgatev1.HashAlgorithm_HASH_ALGORITHM_SHA384
+		case crypto.SHA512:
+			alg = rootgatev1.HashAlgorithm_HASH_ALGORITHM_SHA512
+		}
+		out = append(out, &rootgatev1.PCR{Index: uint32(p.Index), Digest: p.Digest, Algorithm: alg})
+	}
+	return out
+}
+
+// ServerError is an error answered by the enrollment service (or by the
+// gRPC transport on its behalf): the method, the gRPC code and message.
+// status.Code works on it and on errors wrapping it.
+type ServerError struct {
+	Method  string
+	Server  string
+	Code    codes.Code
+	Message string
+	err     error
+}
+
+func serverError(method, server string, err error) error {
+	st, _ := status.FromError(err)
+	return &ServerError{Method: method, Server: server, Code: st.Code(), Message: st.Message(), err: err}
+}
+
+// Error returns "agent: METHOD to SERVER: CODE: MESSAGE".
+func (e *ServerError) Error() string {
+	return fmt.Sprintf("agent: %s to %s: %s: %s", e.Method, e.Server, e.Code, e.Message)
+}
+
+// Unwrap returns the gRPC error.
+func (e *ServerError) Unwrap() error { return e.err }
+
+// GRPCStatus returns the gRPC status, so status.Code(err) works.
+func (e *ServerError) GRPCStatus() *status.Status { return status.New(e.Code, e.Message) }
