@@ -133,53 +133,87 @@ type TPMState struct {
 }
 
 // Manufacture makes a new TPM whose RSA and ECC EKs carry certificates
-// signed by this CA (about 1.5 s; call from parallel subtests to make
-// several). The state lives in a temporary directory of t.
+// signed by this CA (about 1.5 s; use ManufactureN for several). The state
+// lives in a temporary directory of t.
 func (ca *EKCA) Manufacture(t testing.TB) *TPMState {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join(ca.stateDir, "issuercert.pem")); err != nil {
-		ca.mu.Lock()
-		defer ca.mu.Unlock()
-	}
-	return manufacture(t, ca.setupCfg, "--create-ek-cert")
+	return ca.ManufactureN(t, 1)[0]
+}
+
+// ManufactureN makes n distinct TPMs with EK certificates, in parallel.
+func (ca *EKCA) ManufactureN(t testing.TB, n int) []*TPMState {
+	t.Helper()
+	return ca.manufactureN(t, n, true)
 }
 
 // ManufactureNoCert makes a new TPM with EKs but no EK certificates, as for
-// a device admitted by an EK allowlist. It needs no CA.
+// a device admitted by an EK allowlist.
 func (ca *EKCA) ManufactureNoCert(t testing.TB) *TPMState {
 	t.Helper()
-	return manufacture(t, ca.setupCfg, "--createek")
+	return ca.manufactureN(t, 1, false)[0]
 }
 
-func manufacture(t testing.TB, setupCfg, ekFlag string) *TPMState {
+func (ca *EKCA) manufactureN(t testing.TB, n int, certs bool) []*TPMState {
 	t.Helper()
-	base := t.TempDir()
+	dirs := make([]string, n)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+	}
+	states := make([]*TPMState, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if certs {
+				// swtpm_localca creates the CA on first use: not twice at once.
+				if _, err := os.Stat(filepath.Join(ca.stateDir, "issuercert.pem")); err != nil {
+					ca.mu.Lock()
+					defer ca.mu.Unlock()
+				}
+			}
+			states[i], errs[i] = manufacture(dirs[i], ca.setupCfg, certs)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return states
+}
+
+func manufacture(base, setupCfg string, certs bool) (*TPMState, error) {
 	st := &TPMState{Dir: filepath.Join(base, "state")}
 	certDir := filepath.Join(base, "ekcerts")
 	for _, d := range []string{st.Dir, certDir} {
 		if err := os.Mkdir(d, 0o700); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
-	args := []string{"--tpm2", "--tpmstate", st.Dir, ekFlag, "--config", setupCfg,
-		"--pcr-banks", "sha256", "--logfile", filepath.Join(base, "swtpm_setup.log")}
-	if ekFlag == "--create-ek-cert" {
-		args = append(args, "--write-ek-cert-files", certDir)
+	logPath := filepath.Join(base, "swtpm_setup.log")
+	args := []string{"--tpm2", "--tpmstate", st.Dir, "--config", setupCfg, "--pcr-banks", "sha256", "--logfile", logPath}
+	if certs {
+		args = append(args, "--create-ek-cert", "--write-ek-cert-files", certDir)
+	} else {
+		args = append(args, "--createek")
 	}
 	cmd := exec.Command("swtpm_setup", args...)
 	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+base, "HOME="+base)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		logb, _ := os.ReadFile(filepath.Join(base, "swtpm_setup.log"))
-		t.Fatalf("testenv: swtpm_setup %s: %v\n%s\n%s", strings.Join(args, " "), err, out, logb)
+		logb, _ := os.ReadFile(logPath)
+		return nil, fmt.Errorf("testenv: swtpm_setup %s: %v\n%s\n%s", strings.Join(args, " "), err, out, logb)
 	}
-	if ekFlag == "--create-ek-cert" {
+	if certs {
 		var err error
 		if st.EKCert, err = os.ReadFile(filepath.Join(certDir, "ek-rsa2048.crt")); err != nil {
-			t.Fatalf("testenv: swtpm_setup wrote no RSA EK certificate: %v", err)
+			return nil, fmt.Errorf("testenv: swtpm_setup wrote no RSA EK certificate: %v", err)
 		}
 		st.ECCEKCert, _ = os.ReadFile(filepath.Join(certDir, "ek-secp384r1.crt"))
 	}
-	return st
+	return st, nil
 }
 
 // Clone copies the state into a new temporary directory of t: the copy is

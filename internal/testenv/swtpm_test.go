@@ -3,7 +3,6 @@ package testenv
 import (
 	"bytes"
 	"crypto/x509"
-	"sync"
 	"testing"
 
 	"github.com/google/go-attestation/attest"
@@ -12,13 +11,7 @@ import (
 func TestSwtpmManufactureAndOpen(t *testing.T) {
 	ca := NewEKCA(t)
 	// Two TPMs at once: the first use of the CA creates it, without a race.
-	states := make([]*TPMState, 2)
-	var wg sync.WaitGroup
-	for i := range states {
-		wg.Add(1)
-		go func() { defer wg.Done(); states[i] = ca.Manufacture(t) }()
-	}
-	wg.Wait()
+	states := ca.ManufactureN(t, 2)
 	if ca.Root() == nil || ca.Issuer() == nil {
 		t.Fatal("EK CA has no root or issuer after manufacturing")
 	}
