@@ -64,6 +64,9 @@ type Step struct {
 	Name string
 	// Message is a one-line human description.
 	Message string
+	// DeviceID is set once the device ID is known (steps "pending",
+	// "challenge", "issued", "already_enrolled").
+	DeviceID string
 }
 
 // Result describes the enrollment after Enroll.

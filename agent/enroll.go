@@ -68,9 +68,9 @@ func New(cfg Config) (*Enroller, error) {
 	return e, nil
 }
 
-func (e *Enroller) progress(name, format string, args ...any) {
+func (e *Enroller) progress(name, deviceID, format string, args ...any) {
 	if e.cfg.Progress != nil {
-		e.cfg.Progress(Step{Name: name, Message: fmt.Sprintf(format, args...)})
+		e.cfg.Progress(Step{Name: name, DeviceID: deviceID, Message: fmt.Sprintf(format, args...)})
 	}
 }
 
@@ -121,7 +121,7 @@ func (e *Enroller) Enroll(ctx context.Context) (*Result, error) {
 	d := Decide(prev, e.now(), e.renewBefore(prevCert), e.cfg.Force)
 	if !d.Enroll {
 		res := e.result(sd, prev.State, true, false, d.Reason)
-		e.progress("already_enrolled", "already enrolled as %s; certificate valid until %s (%s left)",
+		e.progress("already_enrolled", res.DeviceID, "already enrolled as %s; certificate valid until %s (%s left)",
 			res.DeviceID, res.NotAfter.Format(time.RFC3339), d.Remaining.Round(time.Second))
 		return res, nil
 	}
@@ -178,7 +178,7 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 	client := rootgatev1.NewEnrollmentServiceClient(cc)
 
 	dev, _ := ParseTPMDevice(e.cfg.TPM) // checked by New
-	e.progress("tpm", "opening TPM %s", dev)
+	e.progress("tpm", "", "opening TPM %s", dev)
 	tpm, err := tpmdev.Open(ctx, dev.String())
 	if err != nil {
 		return nil, fmt.Errorf("agent: open TPM %s: %w", dev, err)
@@ -197,7 +197,7 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 	if err != nil {
 		return nil, fmt.Errorf("agent: encode EK public key: %w", err)
 	}
-	e.progress("ek", "%s", describeEK(ek))
+	e.progress("ek", "", "%s", describeEK(ek))
 
 	ak, created, err := loadOrCreateAK(tpm, sd, e.log)
 	if err != nil {
@@ -205,9 +205,9 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 	}
 	defer ak.Close(tpm)
 	if created {
-		e.progress("ak", "AK ready (created, ECDSA P-256, saved to %s)", sd.File(AKFile))
+		e.progress("ak", "", "AK ready (created, ECDSA P-256, saved to %s)", sd.File(AKFile))
 	} else {
-		e.progress("ak", "AK ready (loaded from %s)", sd.File(AKFile))
+		e.progress("ak", "", "AK ready (loaded from %s)", sd.File(AKFile))
 	}
 
 	facts := e.cfg.Facts
@@ -241,7 +241,7 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 		return nil, err
 	}
 	deviceID := ch.GetDeviceId()
-	e.progress("challenge", "challenge received (device %s)", deviceID)
+	e.progress("challenge", deviceID, "challenge received (device %s)", deviceID)
 
 	cred := ch.GetCredential()
 	secret, err := ak.ActivateCredentialWithEK(tpm, attest.EncryptedCredential{
@@ -251,7 +251,7 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 	if err != nil {
 		return nil, fmt.Errorf("agent: activate credential: %w", err)
 	}
-	e.progress("activated", "credential activated")
+	e.progress("activated", "", "credential activated")
 
 	nonce := ch.GetNonce()
 	key, err := newDeviceKey(tpm, ak, nonce)
@@ -259,7 +259,7 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 		return nil, err
 	}
 	defer key.Close()
-	e.progress("device_key", "device key created and certified")
+	e.progress("device_key", "", "device key created and certified")
 
 	quote, err := ak.Quote(tpm, nonce, attest.HashSHA256)
 	if err != nil {
@@ -334,7 +334,7 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 	if err := sd.SaveEnrollment(st, keyBlob, leaf, chain); err != nil {
 		return nil, err
 	}
-	e.progress("issued", "certificate issued: serial %s, valid until %s", st.Serial, st.NotAfter.Format(time.RFC3339))
+	e.progress("issued", deviceID, "certificate issued: serial %s, valid until %s", st.Serial, st.NotAfter.Format(time.RFC3339))
 	e.log.Info("enrolled", "device_id", deviceID, "serial", st.Serial, "not_after", st.NotAfter)
 	return &st, nil
 }
@@ -356,7 +356,7 @@ func (e *Enroller) begin(ctx context.Context, client rootgatev1.EnrollmentServic
 			return resp, nil
 		case rootgatev1.EnrollmentStatus_ENROLLMENT_STATUS_PENDING_APPROVAL:
 			if !announced {
-				e.progress("pending", "waiting for approval (device %s)", resp.GetDeviceId())
+				e.progress("pending", resp.GetDeviceId(), "waiting for approval (device %s)", resp.GetDeviceId())
 				announced = true
 			}
 			wait := defaultPollInterval
