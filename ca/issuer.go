@@ -54,6 +54,7 @@ type Issuer struct {
 	chain   []*x509.Certificate // issuing CA first
 	bundle  []byte              // PEM of chain
 	journal Journal
+	group   *groupCommitter // non-nil when journal is a BatchJournal
 	cfg     Config
 	// notAfter is the earliest NotAfter along the chain: no leaf outlives it.
 	notAfter time.Time
@@ -118,6 +119,9 @@ func New(signer crypto.Signer, chain []*x509.Certificate, j Journal, cfg Config)
 		if c.NotBefore.After(is.notBefore) {
 			is.notBefore = c.NotBefore
 		}
+	}
+	if bj, ok := j.(BatchJournal); ok {
+		is.group = &groupCommitter{j: bj}
 	}
 	is.bundle = EncodeCertificates(is.chain)
 	return is, nil
@@ -377,10 +381,19 @@ func (i *Issuer) issue(ctx context.Context, tmpl *x509.Certificate, pub crypto.P
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	if err := i.journal.RecordIssuance(ctx, rec); err != nil {
+	if err := i.record(ctx, rec); err != nil {
 		return nil, fmt.Errorf("%s: serial %s: %w: %w", op, rec.Serial, ErrJournal, err)
 	}
 	return &Issued{Certificate: cert, Chain: i.Chain()}, nil
+}
+
+// record commits rec to the journal, through the group committer when the
+// journal takes batches.
+func (i *Issuer) record(ctx context.Context, rec IssuanceRecord) error {
+	if i.group != nil {
+		return i.group.record(ctx, rec)
+	}
+	return i.journal.RecordIssuance(ctx, rec)
 }
 
 // checkIssued is a cheap sanity check that cert chains to the issuing CA:
