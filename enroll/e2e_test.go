@@ -1,0 +1,388 @@
+package enroll
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-attestation/attest"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+
+	rootgatev1 "github.com/rootgate/rootgate/api/rootgate/v1"
+	"github.com/rootgate/rootgate/attestor"
+	"github.com/rootgate/rootgate/ca"
+	"github.com/rootgate/rootgate/hsm"
+	"github.com/rootgate/rootgate/internal/testenv"
+	"github.com/rootgate/rootgate/inventory"
+)
+
+// realEnv is a Service over a real SoftHSM CA key, a real SQLite store and
+// a real swtpm device whose EK is certified by a private EK CA.
+type realEnv struct {
+	svc    *Service
+	store  *inventory.Store
+	issuer *ca.Issuer
+	roots  *x509.CertPool // the Rootgate CA
+	dev    *tpmDevice
+}
+
+func newRealEnv(tb testing.TB, mode Mode) *realEnv {
+	tb.Helper()
+	ctx := context.Background()
+
+	// The CA: a key in a fresh SoftHSM token, a self-signed root.
+	sh := testenv.SoftHSM(tb)
+	u, err := hsm.ParseURI(sh.URI("rootgate-ca"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tok, err := hsm.Open(ctx, u, hsm.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { tok.Close() })
+	signer, err := tok.GenerateSigner(ctx, "rootgate-ca", hsm.ECDSAP256)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dataDir := tb.TempDir()
+	res, err := ca.Init(ctx, signer, ca.InitOptions{DataDir: dataDir, CommonName: "Enroll Test CA"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	store, err := inventory.Open(ctx, filepath.Join(dataDir, "rootgate.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { store.Close() })
+	issuer, err := ca.New(signer, []*x509.Certificate{res.Certificate}, store, ca.Config{TrustDomain: "example.org"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+
+	// The device: a swtpm manufactured with an EK certificate.
+	ekca := testenv.NewEKCA(tb)
+	state := ekca.Manufacture(tb)
+	sw := testenv.StartSwtpm(tb, state)
+	ekv, err := LoadEKVerifier(ekca.RootsDir(tb), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+
+	svc, err := New(Config{
+		Mode:        mode,
+		TrustDomain: "example.org",
+		EKVerifier:  ekv,
+		Store:       store,
+		Issuer:      issuer,
+		Metrics:     prometheus.NewRegistry(),
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(res.Certificate)
+	return &realEnv{svc: svc, store: store, issuer: issuer, roots: roots,
+		dev: newTPMDevice(tb, sw.OpenTPM(tb), state.EKCert)}
+}
+
+// serve starts the service over gRPC with TLS on a loopback port and
+// returns a client that trusts the Rootgate CA.
+func (e *realEnv) serve(tb testing.TB) rootgatev1.EnrollmentServiceClient {
+	tb.Helper()
+	ctx := context.Background()
+	serving, err := NewServingCert(ctx, e.issuer, []string{"127.0.0.1", "localhost"}, time.Hour, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	gs := NewGRPCServer(e.svc, serving.TLSConfig())
+	go gs.Serve(lis)
+	tb.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: e.roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13,
+	})))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return rootgatev1.NewEnrollmentServiceClient(conn)
+}
+
+// tpmDevice drives the agent side of the protocol with go-attestation.
+type tpmDevice struct {
+	tpm    *attest.TPM
+	ekPub  []byte
+	ekCert []byte
+	ak     *attest.AK
+}
+
+func newTPMDevice(tb testing.TB, tpm *attest.TPM, ekCert []byte) *tpmDevice {
+	tb.Helper()
+	eks, err := tpm.EKs()
+	if err != nil || len(eks) == 0 {
+		tb.Fatalf("EKs: %v (%d)", err, len(eks))
+	}
+	der, err := x509.MarshalPKIXPublicKey(eks[0].Public)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ak, err := tpm.NewAK(nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ak.Close(tpm) })
+	return &tpmDevice{tpm: tpm, ekPub: der, ekCert: ekCert, ak: ak}
+}
+
+func (d *tpmDevice) begin(token string) *rootgatev1.BeginEnrollmentRequest {
+	p := d.ak.AttestationParameters()
+	return &rootgatev1.BeginEnrollmentRequest{
+		EkPublic:      d.ekPub,
+		EkCertificate: d.ekCert,
+		Ak: &rootgatev1.AttestationParameters{
+			Public: p.Public, UseTcsdActivationFormat: p.UseTCSDActivationFormat,
+			CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature,
+		},
+		Facts:           &rootgatev1.DeviceFacts{Hostname: "swtpm-box", Os: "linux", AgentVersion: "test"},
+		EnrollmentToken: token,
+	}
+}
+
+// answer does the device's TPM work for a challenge: activation, a device
+// key certified over the nonce, a quote over the nonce, a CSR. It returns
+// the request and the device key's public key. The key is flushed from the
+// TPM before answer returns (a TPM holds few transient objects).
+func (d *tpmDevice) answer(tb testing.TB, b *rootgatev1.BeginEnrollmentResponse) (*rootgatev1.FinishEnrollmentRequest, crypto.PublicKey) {
+	tb.Helper()
+	secret, err := d.ak.ActivateCredential(d.tpm, attest.EncryptedCredential{
+		Credential: b.GetCredential().GetCredential(), Secret: b.GetCredential().GetSecret(),
+	})
+	if err != nil {
+		tb.Fatalf("ActivateCredential: %v", err)
+	}
+	key, err := d.tpm.NewKey(d.ak, &attest.KeyConfig{Algorithm: attest.ECDSA, Size: 256, QualifyingData: b.GetNonce()})
+	if err != nil {
+		tb.Fatalf("NewKey: %v", err)
+	}
+	defer key.Close()
+	q, err := d.ak.Quote(d.tpm, b.GetNonce(), attest.HashSHA256)
+	if err != nil {
+		tb.Fatalf("Quote: %v", err)
+	}
+	pcrs, err := d.tpm.PCRs(attest.HashSHA256)
+	if err != nil {
+		tb.Fatalf("PCRs: %v", err)
+	}
+	priv, err := key.Private(key.Public())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, priv)
+	if err != nil {
+		tb.Fatalf("CSR: %v", err)
+	}
+	cp := key.CertificationParameters()
+	req := &rootgatev1.FinishEnrollmentRequest{
+		EnrollmentId:     b.GetEnrollmentId(),
+		ActivationSecret: secret,
+		DeviceKey: &rootgatev1.CertificationParameters{
+			Public: cp.Public, CreateData: cp.CreateData, CreateAttestation: cp.CreateAttestation, CreateSignature: cp.CreateSignature,
+		},
+		Quotes: []*rootgatev1.Quote{{Quote: q.Quote, Signature: q.Signature}},
+		Csr:    csr,
+	}
+	for _, p := range pcrs {
+		req.Pcrs = append(req.Pcrs, &rootgatev1.PCR{Index: uint32(p.Index), Digest: p.Digest, Algorithm: rootgatev1.HashAlgorithm_HASH_ALGORITHM_SHA256})
+	}
+	return req, key.Public()
+}
+
+// TestEnrollEndToEnd enrolls a swtpm over gRPC and TLS on loopback against
+// a SoftHSM CA and a SQLite store, then re-enrolls it, and checks that
+// replays and a wrong answer are refused and audited.
+func TestEnrollEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts SoftHSM and swtpm")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e := newRealEnv(t, ModeToken)
+	client := e.serve(t)
+	secret, _, err := e.store.CreateToken(ctx, inventory.TokenParams{TTL: time.Hour, Actor: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	b, err := client.BeginEnrollment(ctx, e.dev.begin(secret))
+	if err != nil {
+		t.Fatalf("BeginEnrollment: %v", err)
+	}
+	if b.Status != rootgatev1.EnrollmentStatus_ENROLLMENT_STATUS_CHALLENGE {
+		t.Fatalf("status %v", b.Status)
+	}
+	req, keyPub := e.dev.answer(t, b)
+	f, err := client.FinishEnrollment(ctx, req)
+	if err != nil {
+		t.Fatalf("FinishEnrollment: %v", err)
+	}
+
+	// The certificate: chains to the CA for client auth, certifies the
+	// TPM-resident key, names the device.
+	cert, err := x509.ParseCertificate(f.Certificate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: e.roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatalf("certificate does not verify: %v", err)
+	}
+	if !publicKeysEqual(cert.PublicKey, keyPub) {
+		t.Fatal("certificate key is not the TPM key")
+	}
+	if f.SpiffeId != "spiffe://example.org/device/"+b.DeviceId || f.DeviceId != b.DeviceId {
+		t.Fatalf("identity %s / %s", f.SpiffeId, f.DeviceId)
+	}
+	dev, err := e.store.GetDevice(ctx, f.DeviceId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := cert.SerialNumber.Text(16)
+	if dev.State != inventory.StateActive || dev.CurrentSerial != serial || len(dev.PCRs) != 24 || dev.Facts["hostname"] != "swtpm-box" || len(dev.AKPublic) == 0 {
+		t.Fatalf("device: state %s serial %s (want %s) pcrs %d facts %v", dev.State, dev.CurrentSerial, serial, len(dev.PCRs), dev.Facts)
+	}
+
+	// The challenge is spent.
+	_, err = client.FinishEnrollment(ctx, req)
+	wantCode(t, err, codes.FailedPrecondition, "replayed Finish")
+
+	// Re-enrollment: no token needed, same ID; a replayed certification
+	// (old nonce) and a wrong activation answer are refused first.
+	b2, err := client.BeginEnrollment(ctx, e.dev.begin(""))
+	if err != nil {
+		t.Fatalf("re-enroll Begin: %v", err)
+	}
+	stale := proto.Clone(req).(*rootgatev1.FinishEnrollmentRequest)
+	stale.EnrollmentId = b2.EnrollmentId
+	fresh, _ := e.dev.answer(t, b2)
+	stale.ActivationSecret = fresh.ActivationSecret
+	_, err = client.FinishEnrollment(ctx, stale)
+	wantCode(t, err, codes.PermissionDenied, "certification over an old nonce")
+
+	b3, err := client.BeginEnrollment(ctx, e.dev.begin(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req3, _ := e.dev.answer(t, b3)
+	good := req3.ActivationSecret
+	req3.ActivationSecret = make([]byte, len(good))
+	_, err = client.FinishEnrollment(ctx, req3)
+	wantCode(t, err, codes.PermissionDenied, "wrong activation secret")
+
+	b4, err := client.BeginEnrollment(ctx, e.dev.begin(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req4, _ := e.dev.answer(t, b4)
+	f4, err := client.FinishEnrollment(ctx, req4)
+	if err != nil {
+		t.Fatalf("re-enroll Finish: %v", err)
+	}
+	if f4.DeviceId != f.DeviceId {
+		t.Fatalf("device ID changed: %s -> %s", f.DeviceId, f4.DeviceId)
+	}
+	certs, err := e.store.ListCertificates(ctx, f.DeviceId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := map[string]string{}
+	for _, c := range certs {
+		st[c.Serial] = string(c.Status)
+	}
+	if st[serial] != "superseded" || len(certs) != 2 {
+		t.Fatalf("certificates after re-enrollment: %v", st)
+	}
+
+	// The audit trail: two acceptances, three refusals (the replay names no
+	// device: its enrollment_id no longer leads to one), chain intact.
+	events, err := e.store.ListEvents(ctx, inventory.EventFilter{Limit: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := map[string]int{}
+	for _, ev := range events {
+		n[ev.Type]++
+		if ev.Type != inventory.EventEnrollmentRefused {
+			continue
+		}
+		if ev.Peer == "" || ev.Code == "" || ev.Reason == "" {
+			t.Errorf("refusal event lacks peer/code/reason: %+v", ev)
+		}
+		if ev.Code == codes.PermissionDenied.String() && (ev.DeviceID != f.DeviceId || ev.EKFingerprint != dev.EKFingerprint) {
+			t.Errorf("refusal event lacks the device: %+v", ev)
+		}
+	}
+	if n[inventory.EventEnrollmentFinish] != 2 || n[inventory.EventEnrollmentRefused] != 3 {
+		t.Errorf("events by type: %v", n)
+	}
+	if err := e.store.VerifyAuditChain(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// BenchmarkEnrollServerCPU measures the server's time per enrollment
+// (BeginEnrollment plus FinishEnrollment, called directly: EK chain, AK
+// checks, challenge, certification and quote checks, HSM signature, SQLite
+// commits), excluding the device's TPM work, which runs with the timer
+// stopped. The device re-enrolls each iteration.
+func BenchmarkEnrollServerCPU(b *testing.B) {
+	ctx := context.Background()
+	e := newRealEnv(b, ModePreregistered)
+	fp := mustFingerprint(b, e.dev.ekPub)
+	if _, err := e.store.RegisterDevice(ctx, fp, nil, "bench"); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		resp, err := e.svc.BeginEnrollment(ctx, e.dev.begin(""))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		req, _ := e.dev.answer(b, resp)
+		b.StartTimer()
+		if _, err := e.svc.FinishEnrollment(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func publicKeysEqual(a, b any) bool {
+	da, err1 := x509.MarshalPKIXPublicKey(a)
+	db, err2 := x509.MarshalPKIXPublicKey(b)
+	return err1 == nil && err2 == nil && string(da) == string(db)
+}
+
+func mustFingerprint(tb testing.TB, ekPub []byte) string {
+	tb.Helper()
+	pub, err := x509.ParsePKIXPublicKey(ekPub)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	fp, err := attestor.EKFingerprint(pub)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fp
+}
