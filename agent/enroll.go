@@ -269,10 +269,14 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 	if err != nil {
 		return nil, fmt.Errorf("agent: read PCRs: %w", err)
 	}
-	eventLog, err := tpm.MeasurementLog()
-	if err != nil {
-		e.log.Warn("no measurement log; sending none", "err", err)
-		eventLog = nil
+	// A swtpm has no firmware and so no event log; a real TPM's log is sent
+	// when the kernel exposes it (reading it usually needs root).
+	var eventLog []byte
+	if dev.Kind == "device" {
+		if eventLog, err = tpm.MeasurementLog(); err != nil {
+			e.log.Warn("no measurement log; sending none", "err", err)
+			eventLog = nil
+		}
 	}
 
 	signer, err := keySigner(key)

@@ -38,6 +38,8 @@ type testServer struct {
 
 const testTrustDomain = "agent.test"
 
+// startServer starts a server that trusts ekca's EK certificates. The EK
+// CA's root exists once it has manufactured a TPM: call Manufacture first.
 func startServer(t *testing.T, ekca *testenv.EKCA, mode enroll.Mode) *testServer {
 	t.Helper()
 	ctx := t.Context()
