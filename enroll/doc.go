@@ -24,9 +24,11 @@
 //	PermissionDenied   untrusted EK, unsound AK, failed activation, bad
 //	                   certification, wrong nonce, CSR key not the certified
 //	                   key, bad quote, admission denied (unknown device,
-//	                   bad token, rejected/revoked/quarantined device)
-//	FailedPrecondition enrollment_id unknown, already used or expired: start
-//	                   again with BeginEnrollment
+//	                   bad token, rejected/revoked/quarantined device, or a
+//	                   device whose state changed between Begin and Finish)
+//	FailedPrecondition enrollment_id unknown, already used or expired (the
+//	                   message tells expired apart while the entry is still
+//	                   held): start again with BeginEnrollment
 //	ResourceExhausted  too many challenges outstanding (Config.MaxPending)
 //	Aborted            a concurrent change to the same device; retry
 //	Unavailable        the CA's HSM is unavailable; retry later
