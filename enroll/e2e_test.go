@@ -2,8 +2,6 @@ package enroll
 
 import (
 	"context"
-	"crypto"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
@@ -11,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-attestation/attest"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -33,7 +30,7 @@ type realEnv struct {
 	store  *inventory.Store
 	issuer *ca.Issuer
 	roots  *x509.CertPool // the Rootgate CA
-	dev    *tpmDevice
+	dev    *testenv.Device
 }
 
 func newRealEnv(tb testing.TB, mode Mode) *realEnv {
@@ -93,7 +90,7 @@ func newRealEnv(tb testing.TB, mode Mode) *realEnv {
 	roots := x509.NewCertPool()
 	roots.AddCert(res.Certificate)
 	return &realEnv{svc: svc, store: store, issuer: issuer, roots: roots,
-		dev: newTPMDevice(tb, sw.OpenTPM(tb), state.EKCert)}
+		dev: testenv.NewDevice(tb, sw.OpenTPM(tb), state.EKCert)}
 }
 
 // serve starts the service over gRPC with TLS on a loopback port and
@@ -122,95 +119,6 @@ func (e *realEnv) serve(tb testing.TB) rootgatev1.EnrollmentServiceClient {
 	return rootgatev1.NewEnrollmentServiceClient(conn)
 }
 
-// tpmDevice drives the agent side of the protocol with go-attestation.
-type tpmDevice struct {
-	tpm    *attest.TPM
-	ekPub  []byte
-	ekCert []byte
-	ak     *attest.AK
-}
-
-func newTPMDevice(tb testing.TB, tpm *attest.TPM, ekCert []byte) *tpmDevice {
-	tb.Helper()
-	eks, err := tpm.EKs()
-	if err != nil || len(eks) == 0 {
-		tb.Fatalf("EKs: %v (%d)", err, len(eks))
-	}
-	der, err := x509.MarshalPKIXPublicKey(eks[0].Public)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ak, err := tpm.NewAK(nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ak.Close(tpm) })
-	return &tpmDevice{tpm: tpm, ekPub: der, ekCert: ekCert, ak: ak}
-}
-
-func (d *tpmDevice) begin(token string) *rootgatev1.BeginEnrollmentRequest {
-	p := d.ak.AttestationParameters()
-	return &rootgatev1.BeginEnrollmentRequest{
-		EkPublic:      d.ekPub,
-		EkCertificate: d.ekCert,
-		Ak: &rootgatev1.AttestationParameters{
-			Public: p.Public, UseTcsdActivationFormat: p.UseTCSDActivationFormat,
-			CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature,
-		},
-		Facts:           &rootgatev1.DeviceFacts{Hostname: "swtpm-box", Os: "linux", AgentVersion: "test"},
-		EnrollmentToken: token,
-	}
-}
-
-// answer does the device's TPM work for a challenge: activation, a device
-// key certified over the nonce, a quote over the nonce, a CSR. It returns
-// the request and the device key's public key. The key is flushed from the
-// TPM before answer returns (a TPM holds few transient objects).
-func (d *tpmDevice) answer(tb testing.TB, b *rootgatev1.BeginEnrollmentResponse) (*rootgatev1.FinishEnrollmentRequest, crypto.PublicKey) {
-	tb.Helper()
-	secret, err := d.ak.ActivateCredential(d.tpm, attest.EncryptedCredential{
-		Credential: b.GetCredential().GetCredential(), Secret: b.GetCredential().GetSecret(),
-	})
-	if err != nil {
-		tb.Fatalf("ActivateCredential: %v", err)
-	}
-	key, err := d.tpm.NewKey(d.ak, &attest.KeyConfig{Algorithm: attest.ECDSA, Size: 256, QualifyingData: b.GetNonce()})
-	if err != nil {
-		tb.Fatalf("NewKey: %v", err)
-	}
-	defer key.Close()
-	q, err := d.ak.Quote(d.tpm, b.GetNonce(), attest.HashSHA256)
-	if err != nil {
-		tb.Fatalf("Quote: %v", err)
-	}
-	pcrs, err := d.tpm.PCRs(attest.HashSHA256)
-	if err != nil {
-		tb.Fatalf("PCRs: %v", err)
-	}
-	priv, err := key.Private(key.Public())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, priv)
-	if err != nil {
-		tb.Fatalf("CSR: %v", err)
-	}
-	cp := key.CertificationParameters()
-	req := &rootgatev1.FinishEnrollmentRequest{
-		EnrollmentId:     b.GetEnrollmentId(),
-		ActivationSecret: secret,
-		DeviceKey: &rootgatev1.CertificationParameters{
-			Public: cp.Public, CreateData: cp.CreateData, CreateAttestation: cp.CreateAttestation, CreateSignature: cp.CreateSignature,
-		},
-		Quotes: []*rootgatev1.Quote{{Quote: q.Quote, Signature: q.Signature}},
-		Csr:    csr,
-	}
-	for _, p := range pcrs {
-		req.Pcrs = append(req.Pcrs, &rootgatev1.PCR{Index: uint32(p.Index), Digest: p.Digest, Algorithm: rootgatev1.HashAlgorithm_HASH_ALGORITHM_SHA256})
-	}
-	return req, key.Public()
-}
-
 // TestEnrollEndToEnd enrolls a swtpm over gRPC and TLS on loopback against
 // a SoftHSM CA and a SQLite store, then re-enrolls it, and checks that
 // replays and a wrong answer are refused and audited.
@@ -227,14 +135,14 @@ func TestEnrollEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	b, err := client.BeginEnrollment(ctx, e.dev.begin(secret))
+	b, err := client.BeginEnrollment(ctx, e.dev.Begin(secret))
 	if err != nil {
 		t.Fatalf("BeginEnrollment: %v", err)
 	}
 	if b.Status != rootgatev1.EnrollmentStatus_ENROLLMENT_STATUS_CHALLENGE {
 		t.Fatalf("status %v", b.Status)
 	}
-	req, keyPub := e.dev.answer(t, b)
+	req, keyPub := e.dev.Answer(t, b)
 	f, err := client.FinishEnrollment(ctx, req)
 	if err != nil {
 		t.Fatalf("FinishEnrollment: %v", err)
@@ -270,32 +178,32 @@ func TestEnrollEndToEnd(t *testing.T) {
 
 	// Re-enrollment: no token needed, same ID; a replayed certification
 	// (old nonce) and a wrong activation answer are refused first.
-	b2, err := client.BeginEnrollment(ctx, e.dev.begin(""))
+	b2, err := client.BeginEnrollment(ctx, e.dev.Begin(""))
 	if err != nil {
 		t.Fatalf("re-enroll Begin: %v", err)
 	}
 	stale := proto.Clone(req).(*rootgatev1.FinishEnrollmentRequest)
 	stale.EnrollmentId = b2.EnrollmentId
-	fresh, _ := e.dev.answer(t, b2)
+	fresh, _ := e.dev.Answer(t, b2)
 	stale.ActivationSecret = fresh.ActivationSecret
 	_, err = client.FinishEnrollment(ctx, stale)
 	wantCode(t, err, codes.PermissionDenied, "certification over an old nonce")
 
-	b3, err := client.BeginEnrollment(ctx, e.dev.begin(""))
+	b3, err := client.BeginEnrollment(ctx, e.dev.Begin(""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req3, _ := e.dev.answer(t, b3)
+	req3, _ := e.dev.Answer(t, b3)
 	good := req3.ActivationSecret
 	req3.ActivationSecret = make([]byte, len(good))
 	_, err = client.FinishEnrollment(ctx, req3)
 	wantCode(t, err, codes.PermissionDenied, "wrong activation secret")
 
-	b4, err := client.BeginEnrollment(ctx, e.dev.begin(""))
+	b4, err := client.BeginEnrollment(ctx, e.dev.Begin(""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req4, _ := e.dev.answer(t, b4)
+	req4, _ := e.dev.Answer(t, b4)
 	f4, err := client.FinishEnrollment(ctx, req4)
 	if err != nil {
 		t.Fatalf("re-enroll Finish: %v", err)
@@ -350,17 +258,17 @@ func TestEnrollEndToEnd(t *testing.T) {
 func BenchmarkEnrollServerCPU(b *testing.B) {
 	ctx := context.Background()
 	e := newRealEnv(b, ModePreregistered)
-	fp := mustFingerprint(b, e.dev.ekPub)
+	fp := mustFingerprint(b, e.dev.EKPublic)
 	if _, err := e.store.RegisterDevice(ctx, fp, nil, "bench"); err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		resp, err := e.svc.BeginEnrollment(ctx, e.dev.begin(""))
+		resp, err := e.svc.BeginEnrollment(ctx, e.dev.Begin(""))
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()
-		req, _ := e.dev.answer(b, resp)
+		req, _ := e.dev.Answer(b, resp)
 		b.StartTimer()
 		if _, err := e.svc.FinishEnrollment(ctx, req); err != nil {
 			b.Fatal(err)
