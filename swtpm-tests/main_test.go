@@ -1,0 +1,33 @@
+// Package swtpmtests holds Rootgate's end-to-end tests: the real rootgate
+// binary (server, agent, admin commands) against real swtpm devices whose
+// EK certificates come from a private EK CA, a real SoftHSM token, a real
+// SQLite store, gRPC and TLS over loopback. Nothing is mocked.
+package swtpmtests
+
+import (
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/rootgate/rootgate/internal/testenv"
+)
+
+// rootgateBin is the binary built once for the package by TestMain.
+var rootgateBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "rootgate-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	rootgateBin, err = testenv.BuildRootgate(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := testenv.RunWithSoftHSM(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
