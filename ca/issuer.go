@@ -54,7 +54,6 @@ type Issuer struct {
 	chain   []*x509.Certificate // issuing CA first
 	bundle  []byte              // PEM of chain
 	journal Journal
-	group   *groupCommitter // non-nil when journal is a BatchJournal
 	cfg     Config
 	// notAfter is the earliest NotAfter along the chain: no leaf outlives it.
 	notAfter time.Time
@@ -120,9 +119,6 @@ func New(signer crypto.Signer, chain []*x509.Certificate, j Journal, cfg Config)
 			is.notBefore = c.NotBefore
 		}
 	}
-	if bj, ok := j.(BatchJournal); ok {
-		is.group = &groupCommitter{j: bj}
-	}
 	is.bundle = EncodeCertificates(is.chain)
 	return is, nil
 }
@@ -186,10 +182,7 @@ func (i *Issuer) IssueDevice(ctx context.Context, req DeviceRequest) (*Issued, e
 			return nil, fmt.Errorf("ca: issue device %q: %w", req.DeviceID, err)
 		}
 	}
-	san, err := marshalDeviceSAN(id.String(), fp)
-	if err != nil {
-		return nil, fmt.Errorf("ca: issue device %q: %w", req.DeviceID, err)
-	}
+	san := marshalDeviceSAN(id.String(), fp)
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: req.DeviceID},
 		KeyUsage:              x509.KeyUsageDigitalSignature,
@@ -347,17 +340,19 @@ func newSerial() (*big.Int, error) {
 // issue completes tmpl (serial, validity), signs it with the CA key, checks
 // the result, journals it and only then returns it.
 func (i *Issuer) issue(ctx context.Context, tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.Duration, rec IssuanceRecord) (*Issued, error) {
-	op := fmt.Sprintf("ca: issue %s certificate %q", rec.Kind, rec.Subject)
+	fail := func(err error) error {
+		return fmt.Errorf("ca: issue %s certificate %q: %w", rec.Kind, rec.Subject, err)
+	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, fail(err)
 	}
 	nb, na, err := i.validity(lifetime)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, fail(err)
 	}
 	serial, err := newSerial()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, fail(err)
 	}
 	tmpl.SerialNumber = serial
 	tmpl.NotBefore, tmpl.NotAfter = nb, na
@@ -366,34 +361,25 @@ func (i *Issuer) issue(ctx context.Context, tmpl *x509.Certificate, pub crypto.P
 	// CA public key (equal to chain[0]'s, checked by New).
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, i.chain[0], pub, i.signer)
 	if err != nil {
-		return nil, fmt.Errorf("%s: sign: %w", op, err)
+		return nil, fail(fmt.Errorf("sign: %w", err))
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("%s: parse the signed certificate: %w", op, err)
+		return nil, fail(fmt.Errorf("parse the signed certificate: %w", err))
 	}
 	if err := i.checkIssued(cert); err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, fail(err)
 	}
 	rec.Serial = serial.Text(16)
 	rec.NotBefore, rec.NotAfter = cert.NotBefore, cert.NotAfter
 	rec.DER = der
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, fail(err)
 	}
-	if err := i.record(ctx, rec); err != nil {
-		return nil, fmt.Errorf("%s: serial %s: %w: %w", op, rec.Serial, ErrJournal, err)
+	if err := i.journal.RecordIssuance(ctx, rec); err != nil {
+		return nil, fail(fmt.Errorf("serial %s: %w: %w", rec.Serial, ErrJournal, err))
 	}
 	return &Issued{Certificate: cert, Chain: i.Chain()}, nil
-}
-
-// record commits rec to the journal, through the group committer when the
-// journal takes batches.
-func (i *Issuer) record(ctx context.Context, rec IssuanceRecord) error {
-	if i.group != nil {
-		return i.group.record(ctx, rec)
-	}
-	return i.journal.RecordIssuance(ctx, rec)
 }
 
 // checkIssued is a cheap sanity check that cert chains to the issuing CA:

@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"errors"
 	"net"
@@ -96,10 +97,7 @@ func TestIssueDeviceTemplate(t *testing.T) {
 
 // TestPermanentIdentifierDER checks the exact RFC 4043 encoding of the SAN.
 func TestPermanentIdentifierDER(t *testing.T) {
-	der, err := marshalDeviceSAN("spiffe://td/device/x", "ab")
-	if err != nil {
-		t.Fatal(err)
-	}
+	der := marshalDeviceSAN("spiffe://td/device/x", "ab")
 	want := "30" + "2f" + // GeneralNames
 		"86" + "14" + hex.EncodeToString([]byte("spiffe://td/device/x")) + // [6] URI
 		"a0" + "17" + // [0] otherName (constructed, implicit)
@@ -109,6 +107,40 @@ func TestPermanentIdentifierDER(t *testing.T) {
 	if got := hex.EncodeToString(der); got != want {
 		t.Errorf("SAN DER\n got %s\nwant %s", got, want)
 	}
+	// The same structure through encoding/asn1, and a long URI (two-byte
+	// length) both ways.
+	long := "spiffe://td/device/" + strings.Repeat("a", 128)
+	for _, tc := range []struct{ uri, fp string }{{"spiffe://td/device/x", "ab"}, {long, testFP}, {long, ""}} {
+		if got, want := marshalDeviceSAN(tc.uri, tc.fp), marshalDeviceSANReflect(t, tc.uri, tc.fp); !bytes.Equal(got, want) {
+			t.Errorf("SAN(%q, %q)\n got %x\nwant %x", tc.uri, tc.fp, got, want)
+		}
+	}
+}
+
+// marshalDeviceSANReflect is marshalDeviceSAN written with encoding/asn1.
+func marshalDeviceSANReflect(t *testing.T, uri, fp string) []byte {
+	t.Helper()
+	names := []asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: tagURI, Bytes: []byte(uri)}}
+	if fp != "" {
+		pi, err := asn1.Marshal(permanentIdentifierASN1{IdentifierValue: fp, Assigner: OIDTCG})
+		if err != nil {
+			t.Fatal(err)
+		}
+		typeID, err := asn1.Marshal(OIDPermanentIdentifier)
+		if err != nil {
+			t.Fatal(err)
+		}
+		value, err := asn1.Marshal(asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: pi})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: tagOtherName, IsCompound: true, Bytes: append(typeID, value...)})
+	}
+	der, err := asn1.Marshal(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
 
 func TestSerial(t *testing.T) {

@@ -135,34 +135,65 @@ const (
 	tagURI       = 6
 )
 
+// DER encodings used by marshalDeviceSAN, fixed by the OIDs above.
+var (
+	derOIDPermanentIdentifier = []byte{0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x03} // 1.3.6.1.5.5.7.8.3
+	derOIDTCG                 = []byte{0x06, 0x03, 0x67, 0x81, 0x05}                               // 2.23.133
+)
+
+// DER tags (RFC 5280 GeneralName is IMPLICIT; OtherName.value is EXPLICIT).
+const (
+	derSequence     = 0x30
+	derUTF8String   = 0x0c
+	derURIName      = 0x80 | tagURI       // [6] IMPLICIT IA5String, primitive
+	derOtherName    = 0xa0 | tagOtherName // [0] IMPLICIT OtherName, constructed
+	derExplicitZero = 0xa0                // [0] EXPLICIT, constructed
+)
+
+// appendDER appends a DER TLV with a definite length.
+func appendDER(b []byte, tag byte, content ...[]byte) []byte {
+	n := 0
+	for _, c := range content {
+		n += len(c)
+	}
+	b = append(b, tag)
+	switch {
+	case n < 0x80:
+		b = append(b, byte(n))
+	case n < 0x100:
+		b = append(b, 0x81, byte(n))
+	case n < 0x10000:
+		b = append(b, 0x82, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0x83, byte(n>>16), byte(n>>8), byte(n))
+	}
+	for _, c := range content {
+		b = append(b, c...)
+	}
+	return b
+}
+
 // marshalDeviceSAN encodes the device certificate's subjectAltName value:
 // the SPIFFE URI and, if ekFingerprint is set, a permanentIdentifier
-// otherName. crypto/x509 cannot emit otherName, so the whole extension is
-// built here and passed as an ExtraExtensions entry.
-func marshalDeviceSAN(spiffeID, ekFingerprint string) ([]byte, error) {
-	names := []asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: tagURI, Bytes: []byte(spiffeID)}}
+// otherName:
+//
+//	GeneralNames ::= SEQUENCE {
+//	  [6] uniformResourceIdentifier IA5String,
+//	  [0] otherName { type-id id-on-permanentIdentifier,
+//	                  value [0] EXPLICIT PermanentIdentifier {
+//	                    identifierValue UTF8String, assigner OBJECT IDENTIFIER (TCG) } } }
+//
+// crypto/x509 cannot emit otherName, so the whole extension is built here
+// (by hand: it is on the issuance hot path) and passed as an
+// ExtraExtensions entry. Inputs are validated ASCII, so IA5String and
+// UTF8String contents are the bytes themselves.
+func marshalDeviceSAN(spiffeID, ekFingerprint string) []byte {
+	names := appendDER(make([]byte, 0, 160), derURIName, []byte(spiffeID))
 	if ekFingerprint != "" {
-		pi, err := asn1.Marshal(permanentIdentifierASN1{IdentifierValue: ekFingerprint, Assigner: OIDTCG})
-		if err != nil {
-			return nil, fmt.Errorf("encode permanentIdentifier: %w", err)
-		}
-		typeID, err := asn1.Marshal(OIDPermanentIdentifier)
-		if err != nil {
-			return nil, fmt.Errorf("encode permanentIdentifier: %w", err)
-		}
-		// value [0] EXPLICIT ANY DEFINED BY type-id
-		value, err := asn1.Marshal(asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: pi})
-		if err != nil {
-			return nil, fmt.Errorf("encode permanentIdentifier: %w", err)
-		}
-		// otherName [0] IMPLICIT OtherName (a SEQUENCE, so constructed)
-		names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: tagOtherName, IsCompound: true, Bytes: append(typeID, value...)})
+		pi := appendDER(nil, derSequence, appendDER(nil, derUTF8String, []byte(ekFingerprint)), derOIDTCG)
+		names = appendDER(names, derOtherName, derOIDPermanentIdentifier, appendDER(nil, derExplicitZero, pi))
 	}
-	der, err := asn1.Marshal(names)
-	if err != nil {
-		return nil, fmt.Errorf("encode subjectAltName: %w", err)
-	}
-	return der, nil
+	return appendDER(nil, derSequence, names)
 }
 
 // PermanentIdentifiers returns the RFC 4043 permanentIdentifier otherNames

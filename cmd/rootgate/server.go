@@ -135,15 +135,16 @@ func runServer(cmd *cobra.Command, cfg config.Server) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	svc, err := enroll.New(enroll.Config{
-		Mode:        mode,
-		TrustDomain: cfg.TrustDomain,
-		EKVerifier:  ekv,
-		Store:       store,
-		Issuer:      issuer,
-		PendingTTL:  cfg.Enroll.PendingTTL.Std(),
-		MaxPending:  cfg.Enroll.MaxPending,
-		Logger:      log,
-		Metrics:     reg,
+		Mode:         mode,
+		TrustDomain:  cfg.TrustDomain,
+		EKVerifier:   ekv,
+		Store:        store,
+		Issuer:       issuer,
+		PendingTTL:   cfg.Enroll.PendingTTL.Std(),
+		MaxPending:   cfg.Enroll.MaxPending,
+		PollInterval: cfg.Enroll.PollInterval.Std(),
+		Logger:       log,
+		Metrics:      reg,
 	})
 	if err != nil {
 		return err

@@ -127,6 +127,8 @@ type Enroll struct {
 	MaxPending int `yaml:"max_pending"`
 	// ServerNames are the DNS names and IPs in the listener's certificate.
 	ServerNames []string `yaml:"server_names"`
+	// PollInterval tells agents waiting for approval how often to ask again.
+	PollInterval Duration `yaml:"poll_interval"`
 }
 
 // DefaultServer returns the settings used when neither file nor flag says
@@ -146,11 +148,12 @@ func DefaultServer() Server {
 			Validity:        Duration(10 * 365 * 24 * time.Hour),
 		},
 		Enroll: Enroll{
-			Listen:      "127.0.0.1:8443",
-			Mode:        "token",
-			PendingTTL:  Duration(time.Minute),
-			MaxPending:  10000,
-			ServerNames: []string{"localhost", "127.0.0.1"},
+			Listen:       "127.0.0.1:8443",
+			Mode:         "token",
+			PendingTTL:   Duration(time.Minute),
+			MaxPending:   10000,
+			ServerNames:  []string{"localhost", "127.0.0.1"},
+			PollInterval: Duration(10 * time.Second),
 		},
 		MetricsListen: "127.0.0.1:9443",
 		LogLevel:      "info",

@@ -75,7 +75,7 @@ func StartServer(t testing.TB, bin string, tok *SoftHSMToken, opts ServerOptions
 		"log_level":      "debug",
 		"hsm":            map[string]any{"uri": tok.URI(opts.KeyLabel)},
 	}
-	enroll := map[string]any{"listen": "127.0.0.1:0", "server_names": []string{"localhost", "127.0.0.1"}}
+	enroll := map[string]any{"listen": "127.0.0.1:0", "server_names": []string{"localhost", "127.0.0.1"}, "poll_interval": "300ms"}
 	if opts.Mode != "" {
 		enroll["mode"] = opts.Mode
 	}
