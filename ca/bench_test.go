@@ -17,7 +17,7 @@ import (
 
 // Run both side by side (see docs/benchmarks.md):
 //
-//	go test -run '^$' -bench 'IssueDevice$|CreateCertificateBare' -benchtime 5s -count 3 ./ca
+//	go test -run '^$' -bench 'IssueDevice$|CreateCertificateBare' -benchtime 2s ./ca
 //
 // Both sign with the same SoftHSM P-256 key (label bench-ca) through
 // hsm.Signer and run b.RunParallel with benchParallelism*GOMAXPROCS
