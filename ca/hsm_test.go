@@ -241,7 +241,7 @@ func openssl(t *testing.T, root *x509.Certificate, inter []*x509.Certificate, le
 	t.Helper()
 	bin, err := exec.LookPath("openssl")
 	if err != nil {
-		t.Skip("openssl not installed")
+		t.Fatal("openssl not installed: run `make deps`")
 	}
 	dir := t.TempDir()
 	write := func(name string, certs ...*x509.Certificate) string {

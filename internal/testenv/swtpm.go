@@ -38,8 +38,8 @@ type EKCA struct {
 	mu sync.Mutex
 }
 
-// NewEKCA makes a private EK CA in a temporary directory. Skips the test if
-// swtpm_setup, swtpm_localca or swtpm is not installed.
+// NewEKCA makes a private EK CA in a temporary directory. Fails the test if
+// swtpm_setup, swtpm_localca or swtpm is not installed (make deps installs them).
 func NewEKCA(t testing.TB) *EKCA {
 	t.Helper()
 	requireTools(t, "swtpm", "swtpm_setup", "swtpm_localca")
@@ -377,7 +377,7 @@ func requireTools(t testing.TB, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
-			t.Skipf("testenv: %s not installed", n)
+			t.Fatalf("testenv: %s not installed: run `make deps` (Debian packages swtpm, swtpm-tools)", n)
 		}
 	}
 }
@@ -387,7 +387,7 @@ func lookPath(t testing.TB, name string) string {
 	p, err := exec.LookPath(name)
 	if err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
-			t.Skipf("testenv: %s not installed", name)
+			t.Fatalf("testenv: %s not installed: run `make deps`", name)
 		}
 		t.Fatal(err)
 	}
