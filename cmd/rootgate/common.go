@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/rootgate/rootgate/hsm"
 	"github.com/rootgate/rootgate/internal/config"
 )
 
@@ -41,6 +43,10 @@ func (f *serverFlags) load(cmd *cobra.Command) (config.Server, error) {
 		cfg.DataDir = f.dataDir
 	}
 	if cmd.Flags().Changed("hsm") {
+		// A PIN on the command line is visible to every user in ps.
+		if u, err := hsm.ParseURI(f.hsmURI); err == nil && u.PinValue != "" {
+			return cfg, errors.New("--hsm: pin-value is not accepted on the command line (it would show in the process list): use pin-source=file:PATH, pin-source=env:NAME or $ROOTGATE_HSM_PIN")
+		}
 		cfg.HSM.URI = f.hsmURI
 	}
 	if cmd.Flags().Changed("trust-domain") {
@@ -61,9 +67,11 @@ func jsonOutput(cmd *cobra.Command) (bool, error) {
 	return false, fmt.Errorf("unknown output format %q (want text or json)", o)
 }
 
-// printJSON writes v as indented JSON.
+// printJSON writes v as indented JSON, with &, < and > as themselves (URIs
+// and subjects are printed as they are, not as \u0026).
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
