@@ -250,32 +250,6 @@ func TestEnrollEndToEnd(t *testing.T) {
 	}
 }
 
-// BenchmarkEnrollServerCPU measures the server's time per enrollment
-// (BeginEnrollment plus FinishEnrollment, called directly: EK chain, AK
-// checks, challenge, certification and quote checks, HSM signature, SQLite
-// commits), excluding the device's TPM work, which runs with the timer
-// stopped. The device re-enrolls each iteration.
-func BenchmarkEnrollServerCPU(b *testing.B) {
-	ctx := context.Background()
-	e := newRealEnv(b, ModePreregistered)
-	fp := mustFingerprint(b, e.dev.EKPublic)
-	if _, err := e.store.RegisterDevice(ctx, fp, nil, "bench"); err != nil {
-		b.Fatal(err)
-	}
-	for b.Loop() {
-		resp, err := e.svc.BeginEnrollment(ctx, e.dev.Begin(""))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		req, _ := e.dev.Answer(b, resp)
-		b.StartTimer()
-		if _, err := e.svc.FinishEnrollment(ctx, req); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 func publicKeysEqual(a, b any) bool {
 	da, err1 := x509.MarshalPKIXPublicKey(a)
 	db, err2 := x509.MarshalPKIXPublicKey(b)
