@@ -26,10 +26,11 @@ import (
 	"github.com/rootgate/rootgate/hsm"
 	"github.com/rootgate/rootgate/internal/config"
 	"github.com/rootgate/rootgate/inventory"
+	"github.com/rootgate/rootgate/server"
 )
 
 // storeFile is the SQLite store inside the data directory.
-const storeFile = "rootgate.db"
+const storeFile = server.StoreFile
 
 func newCACmd() *cobra.Command {
 	cmd := &cobra.Command{
