@@ -38,6 +38,7 @@ demo: build
 # Benchmarks: issuance path vs bare signing, journal, enrollment server CPU.
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./ca/ ./hsm/ ./inventory/ ./enroll/
+	$(GO) test -run '^$$' -bench EnrollFleet -benchtime 400x ./swtpm-tests/
 
 # Runs every fuzz target for FUZZTIME each; corpora live in testdata/fuzz.
 fuzz: deps
