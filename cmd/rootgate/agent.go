@@ -51,7 +51,7 @@ func (f *agentFlags) register(cmd *cobra.Command, all bool) {
 	fl.StringVar(&f.tpm, "tpm", "", "TPM: /dev/tpmrm0, tcp://HOST:PORT (swtpm socket) or unix:///PATH [default /dev/tpmrm0]")
 	fl.StringVar(&f.caBundle, "ca-bundle", "", "PEM file of the CAs that authenticate the server [default: system roots]")
 	fl.StringVar(&f.serverName, "server-name", "", "name checked on the server's certificate [default: host of --server]")
-	fl.DurationVar(&f.renewBefore, "renew-before", 0, "re-enroll when the certificate has this much or less left [default 8h]")
+	fl.DurationVar(&f.renewBefore, "renew-before", 0, "re-enroll when the certificate has this much or less left [default: a third of its lifetime]")
 }
 
 // load returns the effective agent configuration.

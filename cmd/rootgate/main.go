@@ -46,5 +46,19 @@ func newRootCmd() *cobra.Command {
 		newTokensCmd(),
 		newAgentCmd(),
 	)
+	strictGroups(root)
 	return root
+}
+
+// strictGroups makes every command group refuse an unknown subcommand
+// (cobra only does that at the root): `rootgate devices aprove X` must
+// fail, not print help and exit 0.
+func strictGroups(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		strictGroups(sub)
+	}
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = cobra.NoArgs
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
 }

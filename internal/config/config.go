@@ -172,16 +172,16 @@ type Agent struct {
 	CABundle string `yaml:"ca_bundle"`
 	// ServerName overrides the TLS name checked on the server certificate.
 	ServerName string `yaml:"server_name"`
-	// RenewBefore renews when less than this is left on the certificate.
+	// RenewBefore renews when less than this is left on the certificate;
+	// zero means a third of the certificate's lifetime (8h of a 24h one).
 	RenewBefore Duration `yaml:"renew_before"`
 }
 
 // DefaultAgent returns the agent's defaults.
 func DefaultAgent() Agent {
 	return Agent{
-		Server:      "127.0.0.1:8443",
-		TPM:         "/dev/tpmrm0",
-		StateDir:    "/var/lib/rootgate-agent",
-		RenewBefore: Duration(8 * time.Hour),
+		Server:   "127.0.0.1:8443",
+		TPM:      "/dev/tpmrm0",
+		StateDir: "/var/lib/rootgate-agent",
 	}
 }
