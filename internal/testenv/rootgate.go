@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -108,6 +109,15 @@ func StartServer(t testing.TB, bin string, tok *SoftHSMToken, opts ServerOptions
 	if err := os.WriteFile(r.ConfigPath, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// SoftHSM keeps a token in files that every process reads at login: a
+	// process generating a key while another opens the token can make the
+	// latter fail. Key generation and the server's first open of the token
+	// are serialized across processes with a lock file beside the token.
+	unlock, err := lockFile(tok.ConfPath + ".lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
 	if out, err := r.Admin("ca", "init", "--common-name", "E2E CA"); err != nil {
 		t.Fatalf("rootgate ca init: %v\n%s", err, out)
 	}
@@ -184,6 +194,20 @@ func (r *Rootgate) waitReady(d time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("rootgate server on %s not ready after %s", r.Addr, d)
+}
+
+// lockFile takes an exclusive flock on path (created if needed) and
+// returns its release.
+func lockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("testenv: lock %s: %w", path, err)
+	}
+	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }
 
 // Stop interrupts the server and waits for it to exit.
