@@ -99,11 +99,7 @@ The enrollment token is a secret. Prefer --token-file or $` + tokenEnv + `:
 a --token value is visible to other users in the process list.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := jsonOutput(cmd)
-			if err != nil {
-				return err
-			}
-			cfg, err := flags.load(cmd)
+			cfg, asJSON, err := loadWithOutput(cmd, flags.load)
 			if err != nil {
 				return err
 			}
@@ -211,11 +207,7 @@ func newAgentStatusCmd() *cobra.Command {
 		Short: "Show this device's enrollment from the state directory (no TPM, no network)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := jsonOutput(cmd)
-			if err != nil {
-				return err
-			}
-			cfg, err := flags.load(cmd)
+			cfg, asJSON, err := loadWithOutput(cmd, flags.load)
 			if err != nil {
 				return err
 			}

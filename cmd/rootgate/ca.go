@@ -76,6 +76,21 @@ func (k *caKey) find(ctx context.Context) (*hsm.Signer, error) {
 	return s, nil
 }
 
+// openCASigner opens the token (openCAKey) and finds the existing CA key in
+// it; Close the caKey when done with the Signer.
+func openCASigner(ctx context.Context, cfg config.Server) (*caKey, *hsm.Signer, error) {
+	k, err := openCAKey(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := k.find(ctx)
+	if err != nil {
+		k.Close()
+		return nil, nil, err
+	}
+	return k, s, nil
+}
+
 // keyJSON describes where the CA key lives, never with the PIN.
 type keyJSON struct {
 	URI        string        `json:"uri"`
@@ -301,11 +316,7 @@ install the result with 'rootgate ca import-cert'.
 Running it again is safe: an installed CA certificate and its key are kept.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := jsonOutput(cmd)
-			if err != nil {
-				return err
-			}
-			cfg, err := sf.load(cmd)
+			cfg, asJSON, err := loadWithOutput(cmd, sf.load)
 			if err != nil {
 				return err
 			}
@@ -451,11 +462,7 @@ HSM and that it chains to a self-signed root given in --chain (or in FILE after
 the certificate), then writes the chain to <data-dir>/ca/chain.pem.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := jsonOutput(cmd)
-			if err != nil {
-				return err
-			}
-			cfg, err := sf.load(cmd)
+			cfg, asJSON, err := loadWithOutput(cmd, sf.load)
 			if err != nil {
 				return err
 			}
@@ -471,15 +478,11 @@ the certificate), then writes the chain to <data-dir>/ca/chain.pem.`,
 			}
 			ctx := cmd.Context()
 			step(cmd, "opening the HSM token")
-			k, err := openCAKey(ctx, cfg)
+			k, s, err := openCASigner(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer k.Close()
-			s, err := k.find(ctx)
-			if err != nil {
-				return err
-			}
 			chain, err := ca.ImportCert(ctx, s, cfg.DataDir, certPEM, chainPEM)
 			if err != nil {
 				return err
@@ -518,11 +521,7 @@ func newCAShowCmd() *cobra.Command {
 		Short: "Print the CA chain and where the CA key lives",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := jsonOutput(cmd)
-			if err != nil {
-				return err
-			}
-			cfg, err := sf.load(cmd)
+			cfg, asJSON, err := loadWithOutput(cmd, sf.load)
 			if err != nil {
 				return err
 			}
@@ -540,15 +539,11 @@ func newCAShowCmd() *cobra.Command {
 				out.Chain = describeChain(chain)
 			}
 			ctx := cmd.Context()
-			k, err := openCAKey(ctx, cfg)
+			k, s, err := openCASigner(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer k.Close()
-			s, err := k.find(ctx)
-			if err != nil {
-				return err
-			}
 			var cert *x509.Certificate
 			if len(chain) > 0 {
 				cert = chain[0]
@@ -604,11 +599,7 @@ permanentIdentifier when --ek-fingerprint is given, EKU clientAuth. The
 certificate is recorded in <data-dir>/rootgate.db before it is written out.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := jsonOutput(cmd)
-			if err != nil {
-				return err
-			}
-			cfg, err := sf.load(cmd)
+			cfg, asJSON, err := loadWithOutput(cmd, sf.load)
 			if err != nil {
 				return err
 			}
@@ -627,15 +618,11 @@ certificate is recorded in <data-dir>/rootgate.db before it is written out.`,
 				return err
 			}
 			ctx := cmd.Context()
-			k, err := openCAKey(ctx, cfg)
+			k, s, err := openCASigner(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer k.Close()
-			s, err := k.find(ctx)
-			if err != nil {
-				return err
-			}
 			dbPath := filepath.Join(cfg.DataDir, storeFile)
 			store, err := inventory.Open(ctx, dbPath)
 			if err != nil {
@@ -654,19 +641,18 @@ certificate is recorded in <data-dir>/rootgate.db before it is written out.`,
 			if err != nil {
 				return err
 			}
-			c := got.Certificate
-			sum := sha256.Sum256(c.Raw)
+			c := describeCert(got.Certificate)
 			out := caIssueJSON{
-				Serial:    c.SerialNumber.Text(16),
+				Serial:    c.Serial,
 				DeviceID:  deviceID,
-				SPIFFEID:  c.URIs[0].String(),
-				NotBefore: c.NotBefore.UTC(),
-				NotAfter:  c.NotAfter.UTC(),
-				SHA256:    hex.EncodeToString(sum[:]),
+				SPIFFEID:  c.URIs[0],
+				NotBefore: c.NotBefore,
+				NotAfter:  c.NotAfter,
+				SHA256:    c.SHA256,
 				Out:       outFile,
 			}
-			if pis, _ := ca.PermanentIdentifiers(c); len(pis) > 0 {
-				out.EKFingerprint = pis[0].Value
+			if len(c.EKPermanID) > 0 {
+				out.EKFingerprint = c.EKPermanID[0]
 			}
 			pemOut := got.PEM()
 			if outFile != "" {

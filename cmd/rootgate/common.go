@@ -67,6 +67,17 @@ func jsonOutput(cmd *cobra.Command) (bool, error) {
 	return false, fmt.Errorf("unknown output format %q (want text or json)", o)
 }
 
+// loadWithOutput reads -o, then the configuration with load (serverFlags.load
+// or agentFlags.load), and reports whether JSON output was asked for. A bad
+// -o is reported before a bad configuration.
+func loadWithOutput[C any](cmd *cobra.Command, load func(*cobra.Command) (C, error)) (cfg C, asJSON bool, err error) {
+	if asJSON, err = jsonOutput(cmd); err != nil {
+		return cfg, false, err
+	}
+	cfg, err = load(cmd)
+	return cfg, asJSON, err
+}
+
 // printJSON writes v as indented JSON, with &, < and > as themselves (URIs
 // and subjects are printed as they are, not as \u0026).
 func printJSON(w io.Writer, v any) error {

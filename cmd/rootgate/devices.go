@@ -93,11 +93,7 @@ func orDash(s string) string {
 // withStore loads the configuration, opens the store, runs fn and closes
 // the store.
 func withStore(cmd *cobra.Command, sf *serverFlags, fn func(ctx context.Context, st *inventory.Store, asJSON bool) error) error {
-	asJSON, err := jsonOutput(cmd)
-	if err != nil {
-		return err
-	}
-	cfg, err := sf.load(cmd)
+	cfg, asJSON, err := loadWithOutput(cmd, sf.load)
 	if err != nil {
 		return err
 	}
