@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/rootgate/rootgate/internal/pemcert"
 )
 
 // Files in the state directory. Key blobs are wrapped by the TPM's storage
@@ -187,13 +189,13 @@ func (d *StateDir) LoadEnrollment() (*Enrollment, error) {
 	if digest(certPEM) != e.State.CertSHA256 || digest(e.KeyBlob) != e.State.KeySHA256 {
 		return nil, fmt.Errorf("%w: %s and %s do not match %s (interrupted write?)", ErrNotEnrolled, CertFile, KeyFile, StateFile)
 	}
-	certs, err := parsePEMCertificates(certPEM)
+	certs, err := pemcert.ParsePEM(certPEM)
 	if err != nil || len(certs) != 1 {
 		return nil, fmt.Errorf("%w: %s: want one certificate: %v", ErrNotEnrolled, d.File(CertFile), err)
 	}
 	e.Certificate = certs[0]
 	if chainPEM, err := d.Read(ChainFile); err == nil {
-		if e.Chain, err = parsePEMCertificates(chainPEM); err != nil {
+		if e.Chain, err = pemcert.ParsePEM(chainPEM); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrNotEnrolled, d.File(ChainFile), err)
 		}
 	}
@@ -235,26 +237,6 @@ func (d *StateDir) SaveEnrollment(st State, keyBlob []byte, leaf *x509.Certifica
 func digest(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
-}
-
-func parsePEMCertificates(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, nil
 }
 
 // Decision says whether Enroll must contact the server.

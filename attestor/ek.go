@@ -9,13 +9,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/pem"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/google/go-attestation/attest"
 	x509ext "github.com/google/go-attestation/x509"
+
+	"github.com/rootgate/rootgate/internal/pemcert"
 )
 
 var (
@@ -127,30 +128,9 @@ func ParseEKCertificate(der []byte) (_ *EKCertificate, err error) {
 func ParseEKRoots(files [][]byte) (roots, intermediates *x509.CertPool, err error) {
 	roots, intermediates = x509.NewCertPool(), x509.NewCertPool()
 	for i, b := range files {
-		var certs []*x509.Certificate
-		if bytes.Contains(b, []byte("-----BEGIN")) {
-			rest := b
-			for {
-				var blk *pem.Block
-				blk, rest = pem.Decode(rest)
-				if blk == nil {
-					break
-				}
-				if blk.Type != "CERTIFICATE" {
-					continue
-				}
-				c, err := x509.ParseCertificate(blk.Bytes)
-				if err != nil {
-					return nil, nil, fmt.Errorf("%w: EK roots file %d: %v", ErrMalformed, i, err)
-				}
-				certs = append(certs, c)
-			}
-		} else {
-			c, err := x509.ParseCertificate(b)
-			if err != nil {
-				return nil, nil, fmt.Errorf("%w: EK roots file %d: %v", ErrMalformed, i, err)
-			}
-			certs = append(certs, c)
+		certs, err := pemcert.Parse(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: EK roots file %d: %v", ErrMalformed, i, err)
 		}
 		if len(certs) == 0 {
 			return nil, nil, fmt.Errorf("%w: EK roots file %d: no certificate", ErrMalformed, i)

@@ -16,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/rootgate/rootgate/internal/pemcert"
 )
 
 // Files in the CA directory <data-dir>/ca.
@@ -346,33 +348,7 @@ func LoadCSR(dataDir string) (*x509.CertificateRequest, error) {
 // ParseCertificates parses PEM "CERTIFICATE" blocks, or a single DER
 // certificate when data is not PEM. Empty input yields no certificates.
 func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, nil
-	}
-	if !bytes.Contains(data, []byte("-----BEGIN")) {
-		c, err := x509.ParseCertificate(data)
-		if err != nil {
-			return nil, fmt.Errorf("parse DER certificate: %w", err)
-		}
-		return []*x509.Certificate{c}, nil
-	}
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse certificate %d: %w", len(out)+1, err)
-		}
-		out = append(out, c)
-	}
-	return out, nil
+	return pemcert.Parse(data)
 }
 
 // writeFileAtomic writes data to path through a temporary file and a
