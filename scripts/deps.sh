@@ -12,6 +12,7 @@ declare -A want=(
   [pkcs11-tool]=opensc
   [protoc]=protobuf-compiler
   [openssl]=openssl
+  [curl]=curl
 )
 missing=()
 for cmd in "${!want[@]}"; do
