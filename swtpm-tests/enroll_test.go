@@ -2,6 +2,7 @@ package swtpmtests
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -193,6 +194,33 @@ func TestPreregisteredMode(t *testing.T) {
 	var fp string
 	if err := d.QueryRow(`SELECT ek_fingerprint FROM events WHERE type='enrollment.refused' ORDER BY seq DESC LIMIT 1`).Scan(&fp); err != nil || fp != fingerprint(t, unknown) {
 		t.Errorf("refusal event names EK %q (%v), want %s", fp, err, fingerprint(t, unknown))
+	}
+
+	// The audit trail as an admin reads it: the refusal with its code, the
+	// chain intact; an edit made behind the server's back breaks it.
+	var refused []inventory.Event
+	f.srv.AdminJSON(t, &refused, "audit", "list", "--type", "enrollment.refused")
+	if len(refused) != 1 || refused[0].Code != "PermissionDenied" || refused[0].EKFingerprint != fingerprint(t, unknown) {
+		t.Fatalf("audit list --type enrollment.refused: %+v", refused)
+	}
+	var verdict struct {
+		OK     bool  `json:"ok"`
+		Events int64 `json:"events"`
+	}
+	f.srv.AdminJSON(t, &verdict, "audit", "verify")
+	if !verdict.OK || verdict.Events < 4 {
+		t.Fatalf("audit verify: %+v", verdict)
+	}
+	rw, err := sql.Open("sqlite", "file:"+filepath.Join(f.srv.DataDir, "rootgate.db")+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	if _, err := rw.Exec(`UPDATE events SET reason = 'nothing to see' WHERE type = 'enrollment.refused'`); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := f.srv.Admin("audit", "verify"); err == nil || !strings.Contains(err.Error(), "audit trail broken") {
+		t.Fatalf("audit verify after tampering: %v %s", err, out)
 	}
 }
 

@@ -44,6 +44,7 @@ func newRootCmd() *cobra.Command {
 		newServerCmd(),
 		newDevicesCmd(),
 		newTokensCmd(),
+		newAuditCmd(),
 		newAgentCmd(),
 	)
 	strictGroups(root)
