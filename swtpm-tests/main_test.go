@@ -5,7 +5,6 @@
 package swtpmtests
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
@@ -15,19 +14,4 @@ import (
 // rootgateBin is the binary built once for the package by TestMain.
 var rootgateBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "rootgate-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	rootgateBin, err = testenv.BuildRootgate(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := testenv.RunWithSoftHSM(m)
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.RunWithRootgate(m, &rootgateBin)) }

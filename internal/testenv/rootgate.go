@@ -29,6 +29,27 @@ func BuildRootgate(dir string) (string, error) {
 	return bin, nil
 }
 
+// RunWithRootgate builds the rootgate binary into a temporary directory
+// (BuildRootgate), sets *bin to its path and runs the tests with a SoftHSM
+// token for the process (RunWithSoftHSM), then removes the binary. It
+// returns the exit code for os.Exit: 1, with the reason on standard error,
+// if the binary cannot be built.
+//
+//	func TestMain(m *testing.M) { os.Exit(testenv.RunWithRootgate(m, &rootgateBin)) }
+func RunWithRootgate(m *testing.M, bin *string, opts ...SoftHSMOption) int {
+	dir, err := os.MkdirTemp("", "rootgate-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *bin, err = BuildRootgate(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return RunWithSoftHSM(m, opts...)
+}
+
 // ServerOptions configures a Rootgate server started by StartServer. The
 // zero value is a token-mode server that trusts no EK.
 type ServerOptions struct {
