@@ -1,7 +1,6 @@
 package ca_test
 
 import (
-	"context"
 	"os"
 	"testing"
 
@@ -16,14 +15,5 @@ func TestMain(m *testing.M) { os.Exit(testenv.RunWithSoftHSM(m)) }
 // openToken opens a new session on the process's SoftHSM token.
 func openToken(t testing.TB) *hsm.Token {
 	t.Helper()
-	u, err := hsm.ParseURI(testenv.SoftHSM(t).URI(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := hsm.Open(context.Background(), u, hsm.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tok.Close() })
-	return tok
+	return testenv.SoftHSM(t).Open(t, "", hsm.Options{})
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"os"
 	"testing"
 	"time"
 
@@ -29,17 +28,9 @@ import (
 func TestHSMOutage(t *testing.T) {
 	ctx := context.Background()
 	h := testenv.SoftHSM(t)
-	u, err := hsm.ParseURI(h.URI(""))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A short backoff cap keeps the recovery quick; the zero value (30s)
 	// would only make the wait longer.
-	tok, err := hsm.Open(ctx, u, hsm.Options{MaxBackoff: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tok.Close() })
+	tok := h.Open(t, "", hsm.Options{MaxBackoff: 200 * time.Millisecond})
 	signer, _, err := tok.FindOrGenerateSigner(ctx, "ca-outage", hsm.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
@@ -81,16 +72,7 @@ func TestHSMOutage(t *testing.T) {
 	}
 	checkIssued(got, "before the outage")
 
-	away := h.TokenDir + ".away"
-	if err := os.Rename(h.TokenDir, away); err != nil {
-		t.Fatal(err)
-	}
-	moved := true
-	t.Cleanup(func() {
-		if moved {
-			os.Rename(away, h.TokenDir)
-		}
-	})
+	restore := h.Outage(t)
 
 	// The first call meets the broken token, later ones the reconnect
 	// backoff or a failed reconnect: all of them are "unavailable".
@@ -110,10 +92,7 @@ func TestHSMOutage(t *testing.T) {
 		t.Fatalf("%d certificates journaled after the outage calls, want 1 (from before)", n)
 	}
 
-	if err := os.Rename(away, h.TokenDir); err != nil {
-		t.Fatal(err)
-	}
-	moved = false
+	restore()
 
 	// The same Issuer recovers by itself; the deadline bounds the wait, the
 	// poll interval only spaces the attempts.

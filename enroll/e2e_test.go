@@ -39,15 +39,7 @@ func newRealEnv(tb testing.TB, mode Mode) *realEnv {
 
 	// The CA: a key in a fresh SoftHSM token, a self-signed root.
 	sh := testenv.SoftHSM(tb)
-	u, err := hsm.ParseURI(sh.URI("rootgate-ca"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tok, err := hsm.Open(ctx, u, hsm.Options{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { tok.Close() })
+	tok := sh.Open(tb, "rootgate-ca", hsm.Options{})
 	signer, err := tok.GenerateSigner(ctx, "rootgate-ca", hsm.ECDSAP256)
 	if err != nil {
 		tb.Fatal(err)

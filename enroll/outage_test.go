@@ -3,7 +3,6 @@ package enroll
 import (
 	"context"
 	"crypto/x509"
-	"os"
 	"testing"
 	"time"
 
@@ -39,15 +38,7 @@ func TestFinishHSMOutage(t *testing.T) {
 	}
 
 	sh := testenv.SoftHSM(t)
-	u, err := hsm.ParseURI(sh.URI(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := hsm.Open(ctx, u, hsm.Options{MaxBackoff: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tok.Close() })
+	tok := sh.Open(t, "", hsm.Options{MaxBackoff: 200 * time.Millisecond})
 	signer, _, err := tok.FindOrGenerateSigner(ctx, "enroll-outage", hsm.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
@@ -74,16 +65,7 @@ func TestFinishHSMOutage(t *testing.T) {
 		t.Fatalf("FinishEnrollment before the outage: %v", err)
 	}
 
-	away := sh.TokenDir + ".away"
-	if err := os.Rename(sh.TokenDir, away); err != nil {
-		t.Fatal(err)
-	}
-	moved := true
-	t.Cleanup(func() {
-		if moved {
-			os.Rename(away, sh.TokenDir)
-		}
-	})
+	restore := sh.Outage(t)
 	before := stateOf(st)
 	refusals := len(st.refusals())
 	resp, err := finish()
@@ -101,10 +83,7 @@ func TestFinishHSMOutage(t *testing.T) {
 		t.Fatalf("refusal events: %+v", ev)
 	}
 
-	if err := os.Rename(away, sh.TokenDir); err != nil {
-		t.Fatal(err)
-	}
-	moved = false
+	restore()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		resp, err = finish()

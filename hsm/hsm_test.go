@@ -45,21 +45,6 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// open opens the test token with opts; the Token is closed at cleanup.
-func open(t testing.TB, uri string, opts hsm.Options) *hsm.Token {
-	t.Helper()
-	u, err := hsm.ParseURI(uri)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := hsm.Open(context.Background(), u, opts)
-	if err != nil {
-		t.Fatalf("Open(%s): %v", u, err)
-	}
-	t.Cleanup(func() { tok.Close() })
-	return tok
-}
-
 // keyLabel gives each test its own key labels on the shared token.
 func keyLabel(t testing.TB, suffix string) string {
 	return strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()) + "-" + suffix
@@ -119,7 +104,7 @@ func TestGenerateFindAgain(t *testing.T) {
 	label := keyLabel(t, "ca")
 	ctx := context.Background()
 
-	tok := open(t, h.URI(""), hsm.Options{})
+	tok := h.Open(t, "", hsm.Options{})
 	s, err := tok.GenerateSigner(ctx, label, "")
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +122,7 @@ func TestGenerateFindAgain(t *testing.T) {
 	}
 
 	// A second run finds the same key by label and keeps signing with it.
-	tok2 := open(t, h.URI(label), hsm.Options{})
+	tok2 := h.Open(t, label, hsm.Options{})
 	again, err := tok2.FindSigner(ctx, label)
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +157,7 @@ func TestGenerateFindAgain(t *testing.T) {
 func TestFindOrGenerateSigner(t *testing.T) {
 	t.Parallel()
 	h := testenv.SoftHSM(t)
-	tok := open(t, h.URI(""), hsm.Options{})
+	tok := h.Open(t, "", hsm.Options{})
 	ctx := context.Background()
 	label := keyLabel(t, "k")
 	s1, created, err := tok.FindOrGenerateSigner(ctx, label, hsm.ECDSAP384)
@@ -191,7 +176,7 @@ func TestFindOrGenerateSigner(t *testing.T) {
 func TestKeyAlgorithms(t *testing.T) {
 	t.Parallel()
 	h := testenv.SoftHSM(t)
-	tok := open(t, h.URI(""), hsm.Options{})
+	tok := h.Open(t, "", hsm.Options{})
 	for _, tc := range []struct {
 		alg     hsm.KeyAlgorithm
 		keyType string
@@ -229,7 +214,7 @@ func TestKeyAlgorithms(t *testing.T) {
 func TestKeyAttributes(t *testing.T) {
 	t.Parallel()
 	h := testenv.SoftHSM(t)
-	tok := open(t, h.URI(""), hsm.Options{})
+	tok := h.Open(t, "", hsm.Options{})
 	ctx := context.Background()
 	label := keyLabel(t, "ca")
 	s, err := tok.GenerateSigner(ctx, label, hsm.RSA3072)
@@ -295,7 +280,7 @@ func TestKeyAttributes(t *testing.T) {
 func TestConcurrentSign(t *testing.T) {
 	t.Parallel()
 	h := testenv.SoftHSM(t)
-	tok := open(t, h.URI(""), hsm.Options{})
+	tok := h.Open(t, "", hsm.Options{})
 	s, err := tok.GenerateSigner(context.Background(), keyLabel(t, "k"), "")
 	if err != nil {
 		t.Fatal(err)
@@ -370,7 +355,7 @@ func TestMissingToken(t *testing.T) {
 func TestMissingKey(t *testing.T) {
 	t.Parallel()
 	h := testenv.SoftHSM(t)
-	tok := open(t, h.URI("no-such-key"), hsm.Options{})
+	tok := h.Open(t, "no-such-key", hsm.Options{})
 	ctx := context.Background()
 	for name, f := range map[string]func() error{
 		"FindSigner":     func() error { _, err := tok.FindSigner(ctx, "no-such-key"); return err },
@@ -418,7 +403,7 @@ func TestWrongPIN(t *testing.T) {
 	}
 	t.Run("not logged in", check)
 	t.Run("already logged in", func(t *testing.T) {
-		good := open(t, h.URI(""), hsm.Options{})
+		good := h.Open(t, "", hsm.Options{})
 		check(t)
 		if err := good.Health(context.Background()); err != nil {
 			t.Errorf("the logged-in Token broke: %v", err)
@@ -460,7 +445,7 @@ func TestOpenCancelled(t *testing.T) {
 func TestHSMDisappears(t *testing.T) {
 	h := testenv.SoftHSM(t)
 	var logs syncBuffer
-	tok := open(t, h.URI(""), hsm.Options{
+	tok := h.Open(t, "", hsm.Options{
 		Logger:     slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		MaxBackoff: 200 * time.Millisecond,
 	})
@@ -471,16 +456,7 @@ func TestHSMDisappears(t *testing.T) {
 	pub := s.Public()
 	mustSignVerify(t, s, pub, "before")
 
-	away := h.TokenDir + ".away"
-	if err := os.Rename(h.TokenDir, away); err != nil {
-		t.Fatal(err)
-	}
-	moved := true
-	t.Cleanup(func() {
-		if moved {
-			os.Rename(away, h.TokenDir)
-		}
-	})
+	restore := h.Outage(t)
 
 	// Sign for a while: reconnect attempts fail (with backoff) and every
 	// Sign fails fast with ErrUnavailable.
@@ -502,10 +478,7 @@ func TestHSMDisappears(t *testing.T) {
 		t.Errorf("Health while the token is away: %v, want ErrUnavailable", err)
 	}
 
-	if err := os.Rename(away, h.TokenDir); err != nil {
-		t.Fatal(err)
-	}
-	moved = false
+	restore()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		err := signVerify(s, pub, "after")
@@ -540,8 +513,8 @@ func TestHSMDisappears(t *testing.T) {
 func TestModuleFinalized(t *testing.T) {
 	h := testenv.SoftHSM(t)
 	opts := hsm.Options{MaxBackoff: 100 * time.Millisecond}
-	tokA := open(t, h.URI(""), opts)
-	tokB := open(t, h.URI(""), opts)
+	tokA := h.Open(t, "", opts)
+	tokB := h.Open(t, "", opts)
 	sA, err := tokA.GenerateSigner(context.Background(), keyLabel(t, "a"), "")
 	if err != nil {
 		t.Fatal(err)
@@ -589,7 +562,7 @@ func TestModuleFinalized(t *testing.T) {
 
 func BenchmarkSign(b *testing.B) {
 	h := testenv.SoftHSM(b)
-	tok := open(b, h.URI(""), hsm.Options{})
+	tok := h.Open(b, "", hsm.Options{})
 	label := keyLabel(b, "k")
 	s, _, err := tok.FindOrGenerateSigner(context.Background(), label, hsm.ECDSAP256)
 	if err != nil {

@@ -20,6 +20,7 @@ package testenv
 //     t.TempDir() and sets SOFTHSM2_CONF with t.Setenv for that test.
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -30,6 +31,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rootgate/rootgate/hsm"
 )
 
 // softhsmMeta is the file, beside softhsm2.conf, that describes the token
@@ -176,6 +179,52 @@ func (h *SoftHSMToken) URI(object string) string {
 	b.WriteString("&pin-value=")
 	b.WriteString(pctEncode(h.PIN, ""))
 	return b.String()
+}
+
+// Open opens the token with hsm.Open and opts, through URI(object); the
+// Token is closed by t.Cleanup.
+func (h *SoftHSMToken) Open(t testing.TB, object string, opts hsm.Options) *hsm.Token {
+	t.Helper()
+	u, err := hsm.ParseURI(h.URI(object))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := hsm.Open(context.Background(), u, opts)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", u, err)
+	}
+	t.Cleanup(func() { tok.Close() })
+	return tok
+}
+
+// Outage takes the token away, as an HSM outage would, by moving its token
+// directory aside, and returns a function that brings it back (failing t if
+// it cannot). If the test ends with the token still away, t.Cleanup brings it
+// back. SoftHSM recovers only once every Token in the process has let go of
+// the module, so a test that calls Outage must not run in parallel with
+// others on the same token.
+func (h *SoftHSMToken) Outage(t testing.TB) (restore func()) {
+	t.Helper()
+	away := h.TokenDir + ".away"
+	if err := os.Rename(h.TokenDir, away); err != nil {
+		t.Fatal(err)
+	}
+	moved := true
+	t.Cleanup(func() {
+		if moved {
+			os.Rename(away, h.TokenDir)
+		}
+	})
+	return func() {
+		t.Helper()
+		if !moved {
+			return
+		}
+		if err := os.Rename(away, h.TokenDir); err != nil {
+			t.Fatal(err)
+		}
+		moved = false
+	}
 }
 
 // Close removes a token made by NewSoftHSM or by SoftHSM in t.TempDir()
