@@ -74,6 +74,9 @@ type Store interface {
 	// one transaction, consuming the token if set, and records the
 	// acceptance event.
 	ActivateDevice(ctx context.Context, a inventory.Activation) (*inventory.Device, error)
+	// VoidCertificate marks an issued certificate that was never handed
+	// out as revoked, with its audit event, in one transaction.
+	VoidCertificate(ctx context.Context, serial, actor, reason string) error
 	// RecordEvent appends to the audit trail.
 	RecordEvent(ctx context.Context, e inventory.Event) error
 }

@@ -99,17 +99,24 @@ type fakeStore struct {
 	devices map[string]*inventory.Device // by EK fingerprint
 	tokens  map[string]*fakeToken        // by secret
 	certs   map[string]string            // serial -> status
+	reasons map[string]string            // serial -> status reason
 	events  []inventory.Event
 	failGet error
+	// failActivate, when set, runs first in ActivateDevice; its error
+	// refuses the activation, as a concurrent Finish or admin would
+	// between readmit and activation.
+	failActivate func() error
 }
 
 type fakeToken struct {
-	tok  inventory.Token
-	used bool
+	tok     inventory.Token
+	used    bool
+	revoked bool
 }
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{devices: map[string]*inventory.Device{}, tokens: map[string]*fakeToken{}, certs: map[string]string{}}
+	return &fakeStore{devices: map[string]*inventory.Device{}, tokens: map[string]*fakeToken{},
+		certs: map[string]string{}, reasons: map[string]string{}}
 }
 
 func (s *fakeStore) RecordIssuance(_ context.Context, rec ca.IssuanceRecord) error {
@@ -153,6 +160,8 @@ func (s *fakeStore) CheckToken(_ context.Context, secret, fp string, now time.Ti
 	switch {
 	case !ok:
 		return nil, inventory.ErrTokenNotFound
+	case t.revoked:
+		return nil, inventory.ErrTokenRevoked
 	case t.used:
 		return nil, inventory.ErrTokenUsed
 	case !now.Before(t.tok.ExpiresAt):
@@ -167,6 +176,11 @@ func (s *fakeStore) CheckToken(_ context.Context, secret, fp string, now time.Ti
 func (s *fakeStore) ActivateDevice(_ context.Context, a inventory.Activation) (*inventory.Device, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.failActivate != nil {
+		if err := s.failActivate(); err != nil {
+			return nil, err
+		}
+	}
 	fp := a.Device.EKFingerprint
 	existing := s.devices[fp]
 	if existing == nil && a.TokenID == "" {
@@ -188,6 +202,9 @@ func (s *fakeStore) ActivateDevice(_ context.Context, a inventory.Activation) (*
 		if found == nil || found.used {
 			return nil, inventory.ErrTokenUsed
 		}
+		if found.revoked {
+			return nil, inventory.ErrTokenRevoked
+		}
 		found.used = true
 	}
 	if existing != nil && existing.CurrentSerial != "" {
@@ -204,6 +221,26 @@ func (s *fakeStore) ActivateDevice(_ context.Context, a inventory.Activation) (*
 	return &c, nil
 }
 
+func (s *fakeStore) VoidCertificate(ctx context.Context, serial, actor, reason string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.certs[serial]
+	switch {
+	case !ok:
+		return fmt.Errorf("certificate %s: %w", serial, inventory.ErrNotFound)
+	case st != "issued":
+		return fmt.Errorf("certificate %s is %s: %w", serial, st, inventory.ErrConflict)
+	}
+	s.certs[serial] = "revoked"
+	s.reasons[serial] = inventory.VoidReasonPrefix + reason
+	s.events = append(s.events, inventory.Event{Type: inventory.EventCertVoided, Outcome: inventory.OutcomeInfo,
+		Reason: s.reasons[serial], Actor: actor, Details: map[string]string{"serial": serial}})
+	return nil
+}
+
 func (s *fakeStore) RecordEvent(_ context.Context, e inventory.Event) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -215,6 +252,36 @@ func (s *fakeStore) addToken(secret, id, fp string, expires time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tokens[secret] = &fakeToken{tok: inventory.Token{ID: id, EKFingerprint: fp, ExpiresAt: expires}}
+}
+
+func (s *fakeStore) revokeToken(secret string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tokens[secret].revoked = true
+}
+
+func (s *fakeStore) setFailActivate(f func() error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failActivate = f
+}
+
+func (s *fakeStore) certReason(serial string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reasons[serial]
+}
+
+func (s *fakeStore) eventsOf(typ string) []inventory.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []inventory.Event
+	for _, e := range s.events {
+		if e.Type == typ {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func (s *fakeStore) setDevice(d inventory.Device) {
@@ -255,11 +322,18 @@ func (s *fakeStore) certStatuses() map[string]string {
 	return m
 }
 
-// failingIssuer wraps an Issuer and can be made to fail.
+// failingIssuer wraps an Issuer, counts its calls and can be made to fail.
 type failingIssuer struct {
 	Issuer
-	mu   sync.Mutex
-	fail error
+	mu    sync.Mutex
+	fail  error
+	calls int
+}
+
+func (f *failingIssuer) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
 }
 
 func (f *failingIssuer) setFail(err error) {
@@ -270,6 +344,7 @@ func (f *failingIssuer) setFail(err error) {
 
 func (f *failingIssuer) IssueDeviceCSR(ctx context.Context, csrDER []byte, req ca.DeviceRequest) (*ca.Issued, error) {
 	f.mu.Lock()
+	f.calls++
 	err := f.fail
 	f.mu.Unlock()
 	if err != nil {

@@ -28,6 +28,7 @@ type pending struct {
 	secret        []byte
 	nonce         []byte
 	tokenID       string
+	token         string // the secret of tokenID, checked again at Finish
 	facts         map[string]string
 	reenroll      bool
 	peer          string

@@ -274,6 +274,7 @@ func (s *Service) begin(ctx context.Context, c *call, req *rootgatev1.BeginEnrol
 		secret:        secret,
 		nonce:         nonce,
 		tokenID:       adm.tokenID,
+		token:         adm.token,
 		facts:         facts,
 		reenroll:      adm.reenroll,
 		peer:          c.peer,
@@ -297,11 +298,56 @@ type admission struct {
 	pending  bool   // answer PENDING_APPROVAL
 	reenroll bool   // the device is active already
 	tokenID  string // token to consume at Finish
+	token    string // its secret, for Finish to check again
 }
 
 // admit decides whether the device may proceed to a challenge. It sets
-// c.deviceID to the stored device's ID when there is one.
-func (s *Service) admit(ctx context.Context, c *call, req *rootgatev1.BeginEnrollmentRequest, ekPub crypto.PublicKey, facts map[string]string, now time.Time) (admission, error) {
+// c.deviceID to the stored device's ID when there is one. In approval mode
+// an unknown device is queued.
+func (s *Service) admit(ctx context.Context, c *call, req *rootgatev1.BeginEnrollmentRequest, _ crypto.PublicKey, facts map[string]string, now time.Time) (admission, error) {
+	return s.decide(ctx, c, req.GetEnrollmentToken(), now, func() (*inventory.Device, error) {
+		return s.cfg.Store.QueueForApproval(ctx, &inventory.Device{
+			ID:            c.deviceID,
+			EKFingerprint: c.ekFingerprint,
+			EKPublic:      req.GetEkPublic(),
+			EKCertificate: req.GetEkCertificate(),
+			State:         inventory.StatePending,
+			Facts:         facts,
+		})
+	})
+}
+
+// readmit applies Begin's admission rule again at Finish, once the evidence
+// is verified and before anything is issued: what changed since Begin (an
+// admin revoked, rejected or quarantined the device or revoked the token,
+// the token expired, or another enrollment consumed it) refuses the
+// enrollment as Begin would now, with the same code and message, and
+// nothing issued. Only a change between this check and ActivateDevice (a
+// truly concurrent Finish) gets past it; finish voids the certificate then.
+func (s *Service) readmit(ctx context.Context, c *call, p *pending, now time.Time) error {
+	adm, err := s.decide(ctx, c, p.token, now, nil)
+	if err != nil {
+		return err
+	}
+	if adm.pending {
+		return denied("device %s awaits approval", c.deviceID)
+	}
+	if p.tokenID != "" && adm.tokenID == "" {
+		// The device became known since Begin (an admin registered it, or
+		// it enrolled concurrently), but ActivateDevice still consumes the
+		// token that admitted it: that token must still be usable.
+		if _, err := s.checkToken(ctx, c, p.token, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decide is the admission rule by mode and device state, applied by Begin
+// (admit) and again by Finish (readmit). queue puts an unknown device in the
+// approval queue and returns the stored row; Finish passes nil, and an
+// unknown device in approval mode is then refused.
+func (s *Service) decide(ctx context.Context, c *call, token string, now time.Time, queue func() (*inventory.Device, error)) (admission, error) {
 	dev, err := s.cfg.Store.GetDeviceByEK(ctx, c.ekFingerprint)
 	switch {
 	case errors.Is(err, inventory.ErrNotFound):
@@ -320,24 +366,19 @@ func (s *Service) admit(ctx context.Context, c *call, req *rootgatev1.BeginEnrol
 	case ModePreregistered:
 		return admission{}, denied("device %s (EK %s) is not registered", c.deviceID, c.ekFingerprint)
 	case ModeToken:
-		secret := req.GetEnrollmentToken()
-		if secret == "" {
+		if token == "" {
 			return admission{}, denied("enrollment token required")
 		}
-		tok, err := s.cfg.Store.CheckToken(ctx, secret, c.ekFingerprint, now)
+		id, err := s.checkToken(ctx, c, token, now)
 		if err != nil {
-			return admission{}, fmt.Errorf("enroll: %w", err)
+			return admission{}, err
 		}
-		return admission{tokenID: tok.ID}, nil
+		return admission{tokenID: id, token: token}, nil
 	case ModeApproval:
-		stored, err := s.cfg.Store.QueueForApproval(ctx, &inventory.Device{
-			ID:            c.deviceID,
-			EKFingerprint: c.ekFingerprint,
-			EKPublic:      req.GetEkPublic(),
-			EKCertificate: req.GetEkCertificate(),
-			State:         inventory.StatePending,
-			Facts:         facts,
-		})
+		if queue == nil {
+			return admission{}, denied("device %s (EK %s) is not in the approval queue", c.deviceID, c.ekFingerprint)
+		}
+		stored, err := queue()
 		if err != nil {
 			return admission{}, fmt.Errorf("enroll: queue for approval: %w", err)
 		}
@@ -345,6 +386,16 @@ func (s *Service) admit(ctx context.Context, c *call, req *rootgatev1.BeginEnrol
 		return s.admitKnown(stored)
 	}
 	return admission{}, fmt.Errorf("enroll: unknown mode %q", s.cfg.Mode)
+}
+
+// checkToken checks that the token with this secret may admit the caller's
+// EK at now, and returns its ID.
+func (s *Service) checkToken(ctx context.Context, c *call, secret string, now time.Time) (string, error) {
+	tok, err := s.cfg.Store.CheckToken(ctx, secret, c.ekFingerprint, now)
+	if err != nil {
+		return "", fmt.Errorf("enroll: %w", err)
+	}
+	return tok.ID, nil
 }
 
 // admitKnown decides for a device the store knows, whatever the mode.
@@ -405,6 +456,10 @@ func (s *Service) finish(ctx context.Context, c *call, req *rootgatev1.FinishEnr
 	if err != nil {
 		return nil, err
 	}
+	// The evidence holds; is the device still admitted as it was at Begin?
+	if err := s.readmit(ctx, c, p, now); err != nil {
+		return nil, err
+	}
 	issued, err := s.cfg.Issuer.IssueDeviceCSR(ctx, req.GetCsr(), ca.DeviceRequest{
 		PublicKey:     devKey,
 		DeviceID:      p.deviceID,
@@ -422,6 +477,10 @@ func (s *Service) finish(ctx context.Context, c *call, req *rootgatev1.FinishEnr
 		Actor:   actor,
 		Peer:    p.peer,
 	}); err != nil {
+		// Refused after issuance (a concurrent Finish consumed the token
+		// or changed the device after readmit): the certificate is never
+		// handed out, so the journal must not show it as valid.
+		s.void(ctx, c, serial, err)
 		return nil, fmt.Errorf("enroll: activate device (certificate %s not handed out): %w", serial, err)
 	}
 	s.log.Info("device enrolled", "device_id", p.deviceID, "serial", serial, "peer", c.peer,
@@ -442,6 +501,22 @@ func (s *Service) finish(ctx context.Context, c *call, req *rootgatev1.FinishEnr
 		NotAfter:    timestamppb.New(issued.Certificate.NotAfter),
 		SpiffeId:    spiffeID,
 	}, nil
+}
+
+// void marks the certificate serial, issued for an enrollment that cause
+// then refused, as never handed out (revoked in the journal, with a
+// certificate.voided event). Like the refusal event, it outlives the
+// request's context, bounded by eventTimeout; if it fails, the failure is
+// logged and the refusal stands.
+func (s *Service) void(ctx context.Context, c *call, serial string, cause error) {
+	vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), eventTimeout)
+	defer cancel()
+	if err := s.cfg.Store.VoidCertificate(vctx, serial, actor, cause.Error()); err != nil {
+		s.log.Error("voiding a certificate not handed out failed", "serial", serial, "device_id", c.deviceID,
+			"peer", c.peer, "error", err.Error())
+		return
+	}
+	s.log.Warn("certificate not handed out voided", "serial", serial, "device_id", c.deviceID, "peer", c.peer)
 }
 
 // checkBegin bounds and requires BeginEnrollment's fields.

@@ -26,6 +26,7 @@ const (
 	EventTokenCreated      = "token.created"
 	EventTokenRevoked      = "token.revoked"
 	EventCertIssued        = "certificate.issued"
+	EventCertVoided        = "certificate.voided"
 	// EventCertificateIssued is EventCertIssued under its long name.
 	EventCertificateIssued = EventCertIssued
 )

@@ -27,9 +27,15 @@ const (
 	CertActive CertStatus = "active"
 	// CertSuperseded: replaced by a later enrollment or renewal.
 	CertSuperseded CertStatus = "superseded"
-	// CertRevoked: revoked with its device or by an admin.
+	// CertRevoked: revoked with its device or by an admin, or voided by
+	// VoidCertificate: signed and journaled but never handed out (its
+	// reason then starts with VoidReasonPrefix).
 	CertRevoked CertStatus = "revoked"
 )
+
+// VoidReasonPrefix starts the status reason of a certificate voided by
+// VoidCertificate.
+const VoidReasonPrefix = "not handed out: "
 
 // Certificate is one journaled certificate.
 type Certificate struct {
@@ -623,6 +629,48 @@ func (s *Store) GetCertificate(ctx context.Context, serial string) (*Certificate
 		return nil, fmt.Errorf("inventory: get certificate %s: %w", serial, err)
 	}
 	return c, nil
+}
+
+// VoidCertificate marks a journaled certificate that was signed but never
+// handed out (its enrollment was refused after issuance) as revoked, with
+// the status reason VoidReasonPrefix+reason, and records a
+// certificate.voided event by actor, in one transaction: the journal then
+// never shows an undelivered certificate as valid. Only a certificate still
+// in status issued may be voided: one that is active, superseded or
+// revoked was linked to an enrollment or already withdrawn, and is refused
+// with an error wrapping ErrConflict, unchanged (an active certificate is
+// withdrawn by revoking its device). An unknown serial is refused with an
+// error wrapping ErrNotFound.
+func (s *Store) VoidCertificate(ctx context.Context, serial, actor, reason string) error {
+	if err := validSerial(serial); err != nil {
+		return fmt.Errorf("inventory: void certificate: %w", err)
+	}
+	now := s.now()
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		cert, err := scanCertificate(tx.QueryRowContext(ctx, `SELECT `+certColumns+` FROM certificates WHERE serial = ?`, serial))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%w: not in the journal", ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if cert.Status != CertIssued {
+			return fmt.Errorf("%w: certificate is %s, only an issued certificate never handed out may be voided", ErrConflict, cert.Status)
+		}
+		full := VoidReasonPrefix + reason
+		if _, err := tx.ExecContext(ctx, `UPDATE certificates SET status = 'revoked', status_changed_at = ?, status_reason = ?
+			WHERE serial = ? AND status = 'issued'`, toMicro(now), full, serial); err != nil {
+			return err
+		}
+		return s.appendEvent(ctx, tx, now, Event{
+			Type: EventCertVoided, DeviceID: cert.DeviceID, Outcome: OutcomeInfo, Reason: full, Actor: actor,
+			Details: map[string]string{"serial": serial, "kind": cert.Kind, "from": string(cert.Status), "status": string(CertRevoked)},
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("inventory: void certificate %s: %w", serial, err)
+	}
+	return nil
 }
 
 // ListCertificates returns the certificates journaled for a device, oldest
