@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -37,6 +38,7 @@ func newRootCmd() *cobra.Command {
 		Short:         "Hardware-rooted device identity: TPM enrollment, an HSM-backed CA, device inventory",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version(),
 	}
 	root.PersistentFlags().StringP("output", "o", "text", "output format: text or json")
 	root.AddCommand(
@@ -49,6 +51,30 @@ func newRootCmd() *cobra.Command {
 	)
 	strictGroups(root)
 	return root
+}
+
+// version reports the module version and VCS revision the binary was
+// built from.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			if len(s.Value) > 12 {
+				s.Value = s.Value[:12]
+			}
+			v += " " + s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				v += "+dirty"
+			}
+		}
+	}
+	return v + " " + bi.GoVersion
 }
 
 // strictGroups makes every command group refuse an unknown subcommand
