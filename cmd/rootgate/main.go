@@ -61,15 +61,14 @@ func version() string {
 		return "unknown"
 	}
 	v := bi.Main.Version
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			if len(s.Value) > 12 {
-				s.Value = s.Value[:12]
-			}
-			v += " " + s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
+	if v == "" || v == "(devel)" {
+		// No module version stamped: fall back to the VCS revision.
+		v = "devel"
+		for _, s := range bi.Settings {
+			switch {
+			case s.Key == "vcs.revision" && len(s.Value) >= 12:
+				v += " " + s.Value[:12]
+			case s.Key == "vcs.modified" && s.Value == "true":
 				v += "+dirty"
 			}
 		}
