@@ -109,5 +109,9 @@ $BIN agent enroll --server "$LISTEN" --server-name localhost --tpm "tcp://127.0.
 
 bold "11. The inventory"
 $BIN devices list "${SRV[@]}"
+
+bold "12. The audit trail: every step recorded, hash-chained"
+$BIN audit list "${SRV[@]}" --limit 5
+$BIN audit verify "${SRV[@]}"
 echo
 echo "Demo complete. Everything is in $DEMO."
