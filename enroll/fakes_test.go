@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -102,6 +103,8 @@ type fakeStore struct {
 	reasons map[string]string            // serial -> status reason
 	events  []inventory.Event
 	failGet error
+	// failEvent, when set, fails RecordEvent for events of its type.
+	failEvent string
 	// failActivate, when set, runs first in ActivateDevice; its error
 	// refuses the activation, as a concurrent Finish or admin would
 	// between readmit and activation.
@@ -244,6 +247,9 @@ func (s *fakeStore) VoidCertificate(ctx context.Context, serial, actor, reason s
 func (s *fakeStore) RecordEvent(_ context.Context, e inventory.Event) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.failEvent != "" && e.Type == s.failEvent {
+		return errors.New("fake store: audit trail unavailable")
+	}
 	s.events = append(s.events, e)
 	return nil
 }

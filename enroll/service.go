@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -281,6 +282,20 @@ func (s *Service) begin(ctx context.Context, c *call, req *rootgatev1.BeginEnrol
 	}
 	if err := s.pending.add(enrollmentID, p, now); err != nil {
 		return nil, err
+	}
+	// Every attempt is on the audit trail, also one that is never finished;
+	// no challenge goes out that the trail does not show.
+	if err := s.cfg.Store.RecordEvent(ctx, inventory.Event{
+		Type:          inventory.EventEnrollmentBegin,
+		DeviceID:      c.deviceID,
+		EKFingerprint: c.ekFingerprint,
+		Outcome:       inventory.OutcomeInfo,
+		Peer:          c.peer,
+		Actor:         actor,
+		Details:       beginDetails(s.cfg.Mode, adm),
+	}); err != nil {
+		_, _ = s.pending.take(enrollmentID, now)
+		return nil, fmt.Errorf("enroll: record the challenge on the audit trail: %w", err)
 	}
 	s.log.Info("enrollment challenge issued", "device_id", c.deviceID, "peer", c.peer, "reenroll", adm.reenroll)
 	return &rootgatev1.BeginEnrollmentResponse{
@@ -687,4 +702,13 @@ func factsOf(f *rootgatev1.DeviceFacts, ek *attestor.EKResult) map[string]string
 		put("tpm_firmware", ek.FirmwareVersion)
 	}
 	return m
+}
+
+// beginDetails are the audit details of an issued challenge.
+func beginDetails(mode Mode, adm admission) map[string]string {
+	d := map[string]string{"mode": string(mode), "reenroll": strconv.FormatBool(adm.reenroll)}
+	if adm.tokenID != "" {
+		d["token"] = adm.tokenID
+	}
+	return d
 }

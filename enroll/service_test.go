@@ -569,3 +569,38 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 }
+
+// TestBeginAuditedOrRefused: a challenge goes out only once the attempt is
+// on the audit trail; when the trail cannot be written, Begin fails closed
+// and holds no challenge.
+func TestBeginAuditedOrRefused(t *testing.T) {
+	h := newHarness(t, ModeToken, nil)
+	d := newFakeDevice(t)
+	h.ev.trust(d.fp)
+	h.store.addToken("rgt_t", "tok1", d.fp, h.clock.Now().Add(time.Hour))
+
+	if _, err := h.svc.BeginEnrollment(context.Background(), d.begin("rgt_t")); err != nil {
+		t.Fatal(err)
+	}
+	var begins int
+	for _, e := range h.store.events {
+		if e.Type == inventory.EventEnrollmentBegin {
+			begins++
+			if e.EKFingerprint == "" || e.Details["token"] != "tok1" {
+				t.Errorf("begin event: %+v", e)
+			}
+		}
+	}
+	if begins != 1 || h.svc.Pending() != 1 {
+		t.Fatalf("%d begin events, %d pending; want 1 and 1", begins, h.svc.Pending())
+	}
+
+	h.store.mu.Lock()
+	h.store.failEvent = inventory.EventEnrollmentBegin
+	h.store.mu.Unlock()
+	_, err := h.svc.BeginEnrollment(context.Background(), d.begin("rgt_t"))
+	wantCode(t, err, codes.Internal, "Begin with the audit trail down")
+	if h.svc.Pending() != 1 {
+		t.Fatalf("%d challenges pending after an unaudited Begin, want 1", h.svc.Pending())
+	}
+}
