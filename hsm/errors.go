@@ -27,7 +27,20 @@ var (
 	ErrUnavailable = errors.New("hsm: token unavailable")
 	// ErrClosed means the Token was closed.
 	ErrClosed = errors.New("hsm: token closed")
+	// ErrPINSource means the PIN could not be read from where the URI or
+	// the environment says it is (missing file or variable, a PIN file
+	// readable by others). It also matches ErrPIN.
+	ErrPINSource error = &childError{msg: "hsm: cannot read the PIN", parent: ErrPIN}
 )
+
+// childError is a sentinel that also matches a broader one.
+type childError struct {
+	msg    string
+	parent error
+}
+
+func (e *childError) Error() string        { return e.msg }
+func (e *childError) Is(target error) bool { return target == e.parent }
 
 // p11Code returns the PKCS#11 return value in err's chain, if any.
 func p11Code(err error) (uint, bool) {

@@ -218,12 +218,12 @@ func (u *URI) ResolvePIN() (string, error) {
 	if u.PinSource != "" {
 		kind, target, err := pinSource(u.PinSource)
 		if err != nil {
-			return "", fmt.Errorf("%w: %w", ErrPIN, err)
+			return "", fmt.Errorf("%w: %w", ErrPINSource, err)
 		}
 		if kind == "env" {
 			pin, ok := os.LookupEnv(target)
 			if !ok || pin == "" {
-				return "", fmt.Errorf("%w: environment variable %s named by pin-source is not set", ErrPIN, target)
+				return "", fmt.Errorf("%w: environment variable %s named by pin-source is not set", ErrPINSource, target)
 			}
 			return pin, nil
 		}
@@ -232,27 +232,36 @@ func (u *URI) ResolvePIN() (string, error) {
 	if pin := os.Getenv(PINEnv); pin != "" {
 		return pin, nil
 	}
-	return "", fmt.Errorf("%w: no PIN: the URI has no pin-source or pin-value and %s is not set", ErrPIN, PINEnv)
+	return "", fmt.Errorf("%w: the URI has no pin-source or pin-value and %s is not set", ErrPINSource, PINEnv)
 }
 
+// readPINFile reads a PIN file, which like an SSH private key must not be
+// accessible to group or others.
 func readPINFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("%w: read pin-source: %w", ErrPIN, err)
+		return "", fmt.Errorf("%w: pin-source file: %w", ErrPINSource, err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("%w: pin-source file %s: %w", ErrPINSource, path, err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return "", fmt.Errorf("%w: pin-source file %s is accessible to group or others (mode %04o): chmod 600 it", ErrPINSource, path, perm)
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxPINFile+1))
 	if err != nil {
-		return "", fmt.Errorf("%w: read pin-source %s: %w", ErrPIN, path, err)
+		return "", fmt.Errorf("%w: pin-source file %s: %w", ErrPINSource, path, err)
 	}
 	if len(b) > maxPINFile {
-		return "", fmt.Errorf("%w: pin-source %s is larger than %d bytes", ErrPIN, path, maxPINFile)
+		return "", fmt.Errorf("%w: pin-source file %s is larger than %d bytes", ErrPINSource, path, maxPINFile)
 	}
 	pin := string(b)
 	pin = strings.TrimSuffix(pin, "\n")
 	pin = strings.TrimSuffix(pin, "\r")
 	if pin == "" {
-		return "", fmt.Errorf("%w: pin-source %s is empty", ErrPIN, path)
+		return "", fmt.Errorf("%w: pin-source file %s is empty", ErrPINSource, path)
 	}
 	return pin, nil
 }

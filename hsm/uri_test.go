@@ -235,3 +235,39 @@ func FuzzParseURI(f *testing.F) {
 		}
 	})
 }
+
+// TestPINSourceRefusals: a PIN that cannot be read is ErrPINSource (and
+// so ErrPIN, never retried), with a message that says the PIN could not be
+// read rather than that the token refused it; a PIN file readable by group
+// or others is refused like an SSH key with loose permissions.
+func TestPINSourceRefusals(t *testing.T) {
+	dir := t.TempDir()
+	loose := filepath.Join(dir, "loose")
+	if err := os.WriteFile(loose, []byte("secret-pin-1234\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(loose, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(hsm.PINEnv, "")
+	for _, tc := range []struct{ uri, want string }{
+		{"pkcs11:token=a?pin-source=file:" + loose, "accessible to group or others (mode 0644)"},
+		{"pkcs11:token=a?pin-source=file:" + filepath.Join(dir, "missing"), "no such file"},
+		{"pkcs11:token=a?pin-source=env:RG_UNSET_PIN_VAR", "RG_UNSET_PIN_VAR"},
+		{"pkcs11:token=a", hsm.PINEnv},
+	} {
+		u, err := hsm.ParseURI(tc.uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = u.ResolvePIN()
+		if !errors.Is(err, hsm.ErrPINSource) || !errors.Is(err, hsm.ErrPIN) {
+			t.Errorf("%s: %v, want ErrPINSource and ErrPIN", tc.uri, err)
+			continue
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, "cannot read the PIN") || !strings.Contains(msg, tc.want) || strings.Contains(msg, "secret-pin-1234") {
+			t.Errorf("%s: message %q", tc.uri, msg)
+		}
+	}
+}
