@@ -58,7 +58,8 @@ type Config struct {
 
 // Step is a progress report from Enroll.
 type Step struct {
-	// Name is a stable identifier: "tpm", "ek", "ak", "pending",
+	// Name is a stable identifier: "tpm", "ek", "ak", "retry" (the server
+	// is unreachable; the agent retries with backoff), "pending",
 	// "challenge", "activated", "device_key", "quote", "issued",
 	// "already_enrolled".
 	Name string

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/google/go-attestation/attest"
@@ -32,9 +34,10 @@ const (
 // Enroller enrolls this device's TPM with the enrollment service. It is
 // safe to call Enroll again: it keeps a valid certificate and reuses the AK.
 type Enroller struct {
-	cfg Config
-	log *slog.Logger
-	now func() time.Time
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	backoff backoff
 }
 
 // New checks cfg and returns an Enroller.
@@ -58,7 +61,7 @@ func New(cfg Config) (*Enroller, error) {
 	if cfg.RenewBefore < 0 {
 		return nil, fmt.Errorf("agent: renew-before %v is negative", cfg.RenewBefore)
 	}
-	e := &Enroller{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	e := &Enroller{cfg: cfg, log: cfg.Logger, now: cfg.Now, backoff: defaultBackoff}
 	if e.log == nil {
 		e.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -91,6 +94,11 @@ func (e *Enroller) renewBefore(cert *x509.Certificate) time.Duration {
 // credential activation, a device key created in the TPM and certified by
 // the AK with the server's nonce, a quote, Finish; then it stores the
 // TPM-wrapped key blob, the certificate and its chain, and state.json.
+//
+// While the server cannot be reached (gRPC Unavailable) Enroll retries
+// with exponential backoff (about 1s doubling to 30s, jittered) until ctx
+// is done, reporting a "retry" step each time; a server certificate that
+// does not verify against CABundle, and every other refusal, is final.
 //
 // A failed enrollment leaves the previous one in place. Errors from the
 // server are *ServerError values carrying the gRPC code and message.
@@ -170,13 +178,6 @@ func (e *Enroller) dial() (*grpc.ClientConn, error) {
 }
 
 func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (*State, error) {
-	cc, err := e.dial()
-	if err != nil {
-		return nil, err
-	}
-	defer cc.Close()
-	client := rootgatev1.NewEnrollmentServiceClient(cc)
-
 	dev, _ := ParseTPMDevice(e.cfg.TPM) // checked by New
 	e.progress("tpm", "", "opening TPM %s", dev)
 	tpm, err := tpmdev.Open(ctx, dev.String())
@@ -236,10 +237,12 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 	if ek.Certificate != nil {
 		begin.EkCertificate = ek.Certificate.Raw
 	}
-	ch, err := e.begin(ctx, client, begin)
+	cc, ch, err := e.begin(ctx, begin)
 	if err != nil {
 		return nil, err
 	}
+	defer cc.Close()
+	client := rootgatev1.NewEnrollmentServiceClient(cc)
 	deviceID := ch.GetDeviceId()
 	e.progress("challenge", deviceID, "challenge received (device %s)", deviceID)
 
@@ -343,22 +346,65 @@ func (e *Enroller) enroll(ctx context.Context, sd *StateDir, prev *Enrollment) (
 	return &st, nil
 }
 
-// begin calls BeginEnrollment until the server answers with a challenge,
-// waiting the server's poll interval while the device awaits approval.
-func (e *Enroller) begin(ctx context.Context, client rootgatev1.EnrollmentServiceClient, req *rootgatev1.BeginEnrollmentRequest) (*rootgatev1.BeginEnrollmentResponse, error) {
+// begin dials the server and calls BeginEnrollment until it answers with
+// a challenge, waiting the server's poll interval while the device awaits
+// approval. While the server cannot be reached (gRPC Unavailable: nothing
+// listening, a restart, a network outage) it redials with exponential
+// backoff until ctx is done, reporting each retry as a "retry" step. Any
+// other error, and a server certificate that does not verify, is final.
+// The caller closes the returned connection, which Finish must use.
+func (e *Enroller) begin(ctx context.Context, req *rootgatev1.BeginEnrollmentRequest) (*grpc.ClientConn, *rootgatev1.BeginEnrollmentResponse, error) {
 	announced := false
+	var (
+		delay    time.Duration // the last backoff delay; 0 after an answer
+		attempts int           // consecutive failed attempts
+		first    time.Time     // when the server was first found unreachable
+	)
 	for {
-		resp, err := client.BeginEnrollment(ctx, req)
+		// A new connection per attempt: a fresh channel connects at once
+		// instead of waiting out gRPC's own reconnect backoff.
+		cc, err := e.dial()
 		if err != nil {
-			return nil, serverError("BeginEnrollment", e.cfg.Server, err)
+			return nil, nil, err
+		}
+		resp, err := rootgatev1.NewEnrollmentServiceClient(cc).BeginEnrollment(ctx, req)
+		if err != nil {
+			cc.Close()
+			serr := serverError("BeginEnrollment", e.cfg.Server, err)
+			if ctx.Err() != nil || !retryable(err) {
+				return nil, nil, serr
+			}
+			if attempts == 0 {
+				first = time.Now()
+			}
+			attempts++
+			delay = e.backoff.next(delay)
+			wait := e.backoff.jitter(delay)
+			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+				return nil, nil, fmt.Errorf("%w; server unreachable, gave up after %d attempts in %s: the deadline comes before the next retry",
+					serr, attempts, time.Since(first).Round(time.Second))
+			}
+			e.log.Debug("server unreachable", "server", e.cfg.Server, "attempt", attempts, "retry_in", wait, "err", err)
+			e.progress("retry", "", "server %s unreachable (%s), retrying in %s", e.cfg.Server, shortCause(serr.Message), wait)
+			if err := sleep(ctx, wait); err != nil {
+				return nil, nil, fmt.Errorf("%w; server unreachable, gave up after %d attempts in %s: %w",
+					serr, attempts, time.Since(first).Round(time.Second), err)
+			}
+			continue
+		}
+		if attempts > 0 {
+			e.log.Info("server reachable again", "server", e.cfg.Server, "attempts", attempts)
+			delay, attempts = 0, 0
 		}
 		switch resp.GetStatus() {
 		case rootgatev1.EnrollmentStatus_ENROLLMENT_STATUS_CHALLENGE:
 			if len(resp.GetNonce()) == 0 || resp.GetEnrollmentId() == "" || resp.GetCredential() == nil {
-				return nil, errors.New("agent: BeginEnrollment: challenge without nonce, enrollment ID or credential")
+				cc.Close()
+				return nil, nil, errors.New("agent: BeginEnrollment: challenge without nonce, enrollment ID or credential")
 			}
-			return resp, nil
+			return cc, resp, nil
 		case rootgatev1.EnrollmentStatus_ENROLLMENT_STATUS_PENDING_APPROVAL:
+			cc.Close()
 			if !announced {
 				e.progress("pending", resp.GetDeviceId(), "waiting for approval (device %s)", resp.GetDeviceId())
 				announced = true
@@ -367,17 +413,97 @@ func (e *Enroller) begin(ctx context.Context, client rootgatev1.EnrollmentServic
 			if pi := resp.GetPollInterval(); pi != nil {
 				wait = min(max(pi.AsDuration(), minPollInterval), maxPollInterval)
 			}
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil, fmt.Errorf("agent: waiting for approval of device %s: %w", resp.GetDeviceId(), ctx.Err())
-			case <-t.C:
+			if err := sleep(ctx, wait); err != nil {
+				return nil, nil, fmt.Errorf("agent: waiting for approval of device %s: %w", resp.GetDeviceId(), err)
 			}
 		default:
-			return nil, fmt.Errorf("agent: BeginEnrollment: unexpected status %v", resp.GetStatus())
+			cc.Close()
+			return nil, nil, fmt.Errorf("agent: BeginEnrollment: unexpected status %v", resp.GetStatus())
 		}
 	}
+}
+
+// sleep waits d or until ctx is done, returning ctx.Err() in that case.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// backoff is the retry schedule while the server is unreachable: base,
+// doubling up to max, each wait jittered by up to a tenth either way.
+type backoff struct {
+	base, max time.Duration
+}
+
+// defaultBackoff retries after about 1s, 2s, 4s, ... then every 30s.
+var defaultBackoff = backoff{base: time.Second, max: 30 * time.Second}
+
+// next returns the delay after prev (0 for the first retry).
+func (b backoff) next(prev time.Duration) time.Duration {
+	if prev <= 0 {
+		return b.base
+	}
+	return min(2*prev, b.max)
+}
+
+// jitter spreads d by up to ±10% so that a fleet does not retry in
+// lockstep after a server restart, rounded to 100ms for display.
+func (b backoff) jitter(d time.Duration) time.Duration {
+	spread := int64(d / 5)
+	if spread <= 0 {
+		return d
+	}
+	j := d - time.Duration(spread/2) + time.Duration(rand.Int64N(spread+1))
+	if j >= 100*time.Millisecond {
+		j = j.Round(100 * time.Millisecond)
+	}
+	return j
+}
+
+// retryable reports whether a failed BeginEnrollment is worth retrying:
+// Unavailable (the server could not be reached or is restarting), unless
+// the TLS handshake failed to verify the server's certificate, which no
+// retry fixes. Every other code (PermissionDenied, InvalidArgument,
+// FailedPrecondition, ...) is the server's final answer.
+func retryable(err error) bool {
+	st, _ := status.FromError(err)
+	return st.Code() == codes.Unavailable && tlsHint(st.Message()) == ""
+}
+
+// tlsHint returns advice for a transport error message that says the
+// server's certificate did not verify, or "" for any other message.
+func tlsHint(msg string) string {
+	switch {
+	case strings.Contains(msg, "x509: certificate signed by unknown authority"):
+		return "check --ca-bundle: the server's certificate is not signed by it"
+	case strings.Contains(msg, "x509: certificate is valid for"), strings.Contains(msg, "x509: certificate is not valid for any names"):
+		return "check --server-name: the server's certificate is not issued for that name"
+	case strings.Contains(msg, "x509: certificate has expired or is not yet valid"):
+		return "the server's certificate has expired or is not yet valid: check both clocks"
+	case strings.Contains(msg, "tls: failed to verify certificate"), strings.Contains(msg, "x509: "):
+		return "the server's certificate does not verify: check --ca-bundle and --server-name"
+	}
+	return ""
+}
+
+// shortCause is the last clause of a transport error message, e.g.
+// "connection refused" from `connection error: desc = "transport: Error
+// while dialing: dial tcp 127.0.0.1:1: connect: connection refused"`.
+func shortCause(msg string) string {
+	msg = strings.TrimRight(strings.TrimSpace(msg), `"`)
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	if msg == "" {
+		return "no answer"
+	}
+	return msg
 }
 
 // checkIssued parses the issued certificate and chain and checks that the
@@ -437,17 +563,29 @@ type ServerError struct {
 	Server  string
 	Code    codes.Code
 	Message string
-	err     error
+	// Hint is advice for a failure the agent can recognise, e.g. a server
+	// certificate not signed by the CA bundle.
+	Hint string
+	err  error
 }
 
-func serverError(method, server string, err error) error {
+func serverError(method, server string, err error) *ServerError {
 	st, _ := status.FromError(err)
-	return &ServerError{Method: method, Server: server, Code: st.Code(), Message: st.Message(), err: err}
+	se := &ServerError{Method: method, Server: server, Code: st.Code(), Message: st.Message(), err: err}
+	if se.Code == codes.Unavailable {
+		se.Hint = tlsHint(se.Message)
+	}
+	return se
 }
 
-// Error returns "agent: METHOD to SERVER: CODE: MESSAGE".
+// Error returns "agent: METHOD to SERVER: CODE: MESSAGE", followed by
+// "; HINT" when there is a hint.
 func (e *ServerError) Error() string {
-	return fmt.Sprintf("agent: %s to %s: %s: %s", e.Method, e.Server, e.Code, e.Message)
+	s := fmt.Sprintf("agent: %s to %s: %s: %s", e.Method, e.Server, e.Code, e.Message)
+	if e.Hint != "" {
+		s += "; " + e.Hint
+	}
+	return s
 }
 
 // Unwrap returns the gRPC error.

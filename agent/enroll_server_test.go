@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -34,6 +35,8 @@ type testServer struct {
 	caPEM  []byte
 	caCert *x509.Certificate
 	store  *inventory.Store
+	svc    *enroll.Service
+	tls    *tls.Config
 }
 
 const testTrustDomain = "agent.test"
@@ -41,6 +44,28 @@ const testTrustDomain = "agent.test"
 // startServer starts a server that trusts ekca's EK certificates. The EK
 // CA's root exists once it has manufactured a TPM: call Manufacture first.
 func startServer(t *testing.T, ekca *testenv.EKCA, mode enroll.Mode) *testServer {
+	t.Helper()
+	srv := newServer(t, ekca, mode)
+	srv.listen(t, "127.0.0.1:0")
+	return srv
+}
+
+// listen serves srv on addr (HOST:PORT) and sets srv.addr.
+func (srv *testServer) listen(t *testing.T, addr string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	gs := enroll.NewGRPCServer(srv.svc, srv.tls)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	srv.addr = lis.Addr().String()
+}
+
+// newServer is startServer without the listener: call listen.
+func newServer(t *testing.T, ekca *testenv.EKCA, mode enroll.Mode) *testServer {
 	t.Helper()
 	ctx := t.Context()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -78,14 +103,7 @@ func startServer(t *testing.T, ekca *testenv.EKCA, mode enroll.Mode) *testServer
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := enroll.NewGRPCServer(svc, sc.TLSConfig())
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	return &testServer{addr: lis.Addr().String(), caPEM: iss.Bundle(), caCert: root.Certificate, store: store}
+	return &testServer{caPEM: iss.Bundle(), caCert: root.Certificate, store: store, svc: svc, tls: sc.TLSConfig()}
 }
 
 // TestEnrollAgainstServer proves the wire protocol: a swtpm enrolls with a
@@ -169,6 +187,21 @@ func TestEnrollAgainstServer(t *testing.T) {
 		}
 	}()
 
+	// VerifyKey proves it from outside the enrollment: the TPM loads the
+	// blob, the key is the certificate's, and a TPM signature verifies.
+	rep, err := VerifyKey(ctx, sw.Device(), dir)
+	if err != nil {
+		t.Fatalf("VerifyKey: %v (report %+v)", err, rep)
+	}
+	if !rep.Verified || !rep.InTPM || !rep.MatchesCertificate || !rep.SignatureVerified || rep.Algorithm != "ECC P-256" ||
+		!rep.HasAttribute("fixedTPM") || !rep.HasAttribute("fixedParent") || !rep.HasAttribute("sensitiveDataOrigin") || !rep.HasAttribute("sign") ||
+		rep.HasAttribute("decrypt") || rep.HasAttribute("restricted") {
+		t.Fatalf("VerifyKey report %+v", rep)
+	}
+	if got, want := rep.Summary(), "in the TPM (fixedTPM, fixedParent, sensitiveDataOrigin), matches the certificate, signature verified"; got != want {
+		t.Errorf("Summary() = %q, want %q", got, want)
+	}
+
 	// Again: kept, no network (the token is used up; a server call would fail).
 	steps = nil
 	res2, err := enr.Enroll(ctx)
@@ -203,23 +236,162 @@ func TestEnrollAgainstServer(t *testing.T) {
 	// in the error, nothing stored.
 	sw2 := testenv.StartSwtpm(t, states[1])
 	dir2 := filepath.Join(t.TempDir(), "state2")
-	bad, _ := New(Config{Server: srv.addr, TPM: sw2.Device(), StateDir: dir2, CABundle: srv.caPEM, Token: "rgt_notavalidtoken"})
+	var badSteps []string
+	bad, _ := New(Config{Server: srv.addr, TPM: sw2.Device(), StateDir: dir2, CABundle: srv.caPEM, Token: "rgt_notavalidtoken",
+		Progress: func(s Step) { badSteps = append(badSteps, s.Name) }})
 	_, err = bad.Enroll(ctx)
 	var se *ServerError
 	if !errors.As(err, &se) || se.Method != "BeginEnrollment" || status.Code(err) == codes.OK || status.Code(err) == codes.Unavailable {
 		t.Fatalf("bad token: %v", err)
+	}
+	if retries := countSteps(badSteps, "retry"); retries != 0 {
+		t.Errorf("a refused token was retried %d times", retries)
 	}
 	t.Logf("bad token refused: %v", err)
 	if _, err := ReadEnrollment(dir2); !errors.Is(err, ErrNotEnrolled) {
 		t.Fatalf("after a refusal: %v, want ErrNotEnrolled", err)
 	}
 
-	// A CA bundle that does not authenticate the server: a TLS failure.
+	// A CA bundle that does not authenticate the server: a TLS failure,
+	// final at once (no retry), with a hint.
 	other := testCert(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
-	wrong, _ := New(Config{Server: srv.addr, TPM: sw2.Device(), StateDir: dir2, CABundle: pemCert(other), Token: token})
-	if _, err := wrong.Enroll(ctx); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate") {
+	var wrongSteps []string
+	wrong, _ := New(Config{Server: srv.addr, TPM: sw2.Device(), StateDir: dir2, CABundle: pemCert(other), Token: token,
+		Progress: func(s Step) { wrongSteps = append(wrongSteps, s.Name) }})
+	start := time.Now()
+	_, err = wrong.Enroll(ctx)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "check --ca-bundle: the server's certificate is not signed by it") {
 		t.Fatalf("wrong CA bundle: %v", err)
 	}
+	if retries := countSteps(wrongSteps, "retry"); retries != 0 || time.Since(start) > 5*time.Second {
+		t.Errorf("wrong CA bundle: %d retries, %s: want a fast failure", retries, time.Since(start))
+	}
+	t.Logf("wrong CA bundle: %v", err)
+
+	// The key blob of this enrollment is no key of the other TPM.
+	rep, err = VerifyKey(ctx, sw2.Device(), dir)
+	if !errors.Is(err, ErrKeyNotVerified) || rep == nil || rep.InTPM || rep.Verified {
+		t.Fatalf("VerifyKey with another TPM: %v, %+v", err, rep)
+	}
+	t.Logf("VerifyKey with another TPM: %v", err)
+
+	// A consistent state directory whose certificate is for another key.
+	e3.Certificate = other
+	sd, _ := OpenStateDir(dir)
+	if err := sd.SaveEnrollment(e3.State, e3.KeyBlob, other, e3.Chain); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = VerifyKey(ctx, sw.Device(), dir)
+	if !errors.Is(err, ErrKeyNotVerified) || rep == nil || !rep.InTPM || rep.MatchesCertificate || rep.SignatureVerified || rep.Verified ||
+		!strings.Contains(err.Error(), "is not the key of the certificate") {
+		t.Fatalf("VerifyKey with a certificate for another key: %v, %+v", err, rep)
+	}
+
+	// No enrollment.
+	if _, err := VerifyKey(ctx, sw.Device(), t.TempDir()); !errors.Is(err, ErrNotEnrolled) {
+		t.Fatalf("VerifyKey without an enrollment: %v", err)
+	}
+}
+
+func countSteps(steps []string, name string) int {
+	n := 0
+	for _, s := range steps {
+		if s == name {
+			n++
+		}
+	}
+	return n
+}
+
+// TestEnrollRetriesUntilServerUp: with nothing listening yet, the agent
+// retries with backoff, one "retry" step per attempt, and enrolls once the
+// server starts; with nothing listening until the deadline, it gives up at
+// the deadline with the last Unavailable error.
+func TestEnrollRetriesUntilServerUp(t *testing.T) {
+	ekca := testenv.NewEKCA(t)
+	var states [2]*testenv.TPMState
+	var wg sync.WaitGroup
+	for i := range states {
+		wg.Go(func() { states[i] = ekca.Manufacture(t) })
+	}
+	wg.Wait()
+	srv := newServer(t, ekca, enroll.ModeToken)
+	token, _, err := srv.store.CreateToken(t.Context(), inventory.TokenParams{TTL: time.Hour, Actor: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := reservePort(t)
+	sw := testenv.StartSwtpm(t, states[0])
+	var mu sync.Mutex
+	var retries []string
+	enr, err := New(Config{
+		Server: addr, TPM: sw.Device(), StateDir: t.TempDir(), CABundle: srv.caPEM, Token: token,
+		Progress: func(s Step) {
+			if s.Name == "retry" {
+				mu.Lock()
+				retries = append(retries, s.Message)
+				mu.Unlock()
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enr.backoff = backoff{base: 200 * time.Millisecond, max: 800 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	time.AfterFunc(2*time.Second, func() { srv.listen(t, addr) })
+	start := time.Now()
+	res, err := enr.Enroll(ctx)
+	if err != nil {
+		t.Fatalf("enroll after the server came up: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(retries) < 2 || time.Since(start) < 2*time.Second {
+		t.Fatalf("enrolled after %s with retries %q: want several retries", time.Since(start), retries)
+	}
+	for _, m := range retries {
+		if !strings.Contains(m, "server "+addr+" unreachable (connection refused), retrying in ") {
+			t.Errorf("retry step %q", m)
+		}
+	}
+	t.Logf("enrolled %s after %s; retries %q", res.DeviceID, time.Since(start).Round(time.Millisecond), retries)
+
+	// Nothing ever listens: the agent gives up at the deadline.
+	dead := reservePort(t)
+	sw2 := testenv.StartSwtpm(t, states[1])
+	n := 0
+	enr2, _ := New(Config{Server: dead, TPM: sw2.Device(), StateDir: t.TempDir(), CABundle: srv.caPEM, Token: token,
+		Progress: func(s Step) {
+			if s.Name == "retry" {
+				n++
+			}
+		}})
+	enr2.backoff = backoff{base: 100 * time.Millisecond, max: 300 * time.Millisecond}
+	ctx2, cancel2 := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel2()
+	start = time.Now()
+	_, err = enr2.Enroll(ctx2)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "gave up after") || n < 2 {
+		t.Fatalf("nothing listening: %v after %d retries", err, n)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("gave up after %s, want about the 2s deadline", d)
+	}
+	t.Logf("nothing listening: %v", err)
+}
+
+// reservePort returns a loopback HOST:PORT with nothing listening on it.
+func reservePort(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	return addr
 }
 
 // TestEnrollWaitsForApproval: in approval mode the agent reports the
