@@ -59,6 +59,11 @@ type InitOptions struct {
 	// Intermediate asks for a CSR for an offline root instead of a
 	// self-signed root.
 	Intermediate bool
+	// TrustDomain, when set with DataDir, is recorded in
+	// <DataDir>/ca/trust-domain (TrustDomainFile) before the chain or the
+	// CSR is written, so that no CA is installed without it. A different
+	// trust domain already recorded there is refused (ErrTrustDomain).
+	TrustDomain string
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 }
@@ -97,6 +102,21 @@ func Init(ctx context.Context, signer crypto.Signer, opts InitOptions) (*InitRes
 	if opts.DataDir != "" {
 		if _, err := os.Stat(ChainPath(opts.DataDir)); err == nil {
 			return nil, fmt.Errorf("ca: init %q: %s: %w", opts.CommonName, ChainPath(opts.DataDir), ErrCAExists)
+		}
+	}
+	if opts.TrustDomain != "" {
+		if err := ValidateTrustDomain(opts.TrustDomain); err != nil {
+			return nil, fmt.Errorf("ca: init %q: %w", opts.CommonName, err)
+		}
+		if opts.DataDir != "" {
+			recorded, err := LoadTrustDomain(opts.DataDir)
+			if err != nil {
+				return nil, fmt.Errorf("ca: init %q: %w", opts.CommonName, err)
+			}
+			if recorded != "" && recorded != opts.TrustDomain {
+				return nil, fmt.Errorf("ca: init %q: %w", opts.CommonName,
+					&TrustDomainMismatchError{DataDir: opts.DataDir, Recorded: recorded, Given: opts.TrustDomain, Source: "the new CA"})
+			}
 		}
 	}
 	if err := CheckPublicKey(signer.Public()); err != nil {
@@ -141,11 +161,24 @@ func Init(ctx context.Context, signer crypto.Signer, opts InitOptions) (*InitRes
 	res := &InitResult{Certificate: cert}
 	if opts.DataDir != "" {
 		res.Path = ChainPath(opts.DataDir)
+		if err := recordInitTrustDomain(opts); err != nil {
+			return nil, fmt.Errorf("ca: init %q: %w", opts.CommonName, err)
+		}
 		if err := writeFileAtomic(res.Path, EncodeCertificates([]*x509.Certificate{cert})); err != nil {
 			return nil, fmt.Errorf("ca: init %q: %w", opts.CommonName, err)
 		}
 	}
 	return res, nil
+}
+
+// recordInitTrustDomain records opts.TrustDomain, if any, in
+// opts.DataDir. Init calls it just before it writes the chain or the CSR:
+// a CA is never installed without its trust domain.
+func recordInitTrustDomain(opts InitOptions) error {
+	if opts.TrustDomain == "" {
+		return nil
+	}
+	return RecordTrustDomain(opts.DataDir, opts.TrustDomain)
 }
 
 // basicConstraints is RFC 5280's BasicConstraints.
@@ -187,6 +220,9 @@ func initIntermediate(signer crypto.Signer, subject pkix.Name, opts InitOptions)
 	res := &InitResult{CSR: csr}
 	if opts.DataDir != "" {
 		res.Path = CSRPath(opts.DataDir)
+		if err := recordInitTrustDomain(opts); err != nil {
+			return nil, fmt.Errorf("ca: init intermediate %q: %w", opts.CommonName, err)
+		}
 		if err := writeFileAtomic(res.Path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})); err != nil {
 			return nil, fmt.Errorf("ca: init intermediate %q: %w", opts.CommonName, err)
 		}
@@ -231,7 +267,7 @@ func checkCACert(cert *x509.Certificate) error {
 // certificates at the current time. The verified chain, issuing CA first and
 // the root last, is written to <dataDir>/ca/chain.pem (replacing any
 // earlier one for the same key) and returned; a pending intermediate.csr is
-// removed.
+// removed. The trust domain recorded by Init (TrustDomainFile) is kept.
 func ImportCert(ctx context.Context, signer crypto.Signer, dataDir string, certPEM, chainPEM []byte) ([]*x509.Certificate, error) {
 	certs, err := ParseCertificates(certPEM)
 	if err != nil {
