@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -55,16 +56,22 @@ type Server struct {
 	lis     net.Listener
 	http    *http.Server
 	mlis    net.Listener
+	lock    *os.File // <data-dir>/server.lock, flocked
 }
 
-// New opens the CA key, the store and the EK trust anchors named by cfg and
-// binds the listeners. On error everything opened is released. The caller
+// New checks the data directory (a CA, its recorded trust domain, no other
+// server on it: <data-dir>/server.lock), binds the listeners, then opens the
+// CA key, the store and the EK trust anchors named by cfg and issues the
+// serving certificate: a listener that cannot be bound fails New before
+// anything is signed. An empty cfg.TrustDomain means the one recorded in
+// the data directory (else the default); a different one is refused
+// (ca.ErrTrustDomain). On error everything opened is released. The caller
 // must call Run or Close.
 func New(ctx context.Context, cfg config.Server, log *slog.Logger) (_ *Server, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{log: log, trust: cfg.TrustDomain}
+	s := &Server{log: log}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -73,12 +80,42 @@ func New(ctx context.Context, cfg config.Server, log *slog.Logger) (_ *Server, e
 	if s.mode, err = enroll.ParseMode(cfg.Enroll.Mode); err != nil {
 		return nil, err
 	}
+	if has, err := ca.HasCA(cfg.DataDir); err != nil {
+		return nil, err
+	} else if !has {
+		return nil, fmt.Errorf("no Rootgate CA in %s: run 'rootgate ca init' or check the data directory: %w", cfg.DataDir, ca.ErrNoCA)
+	}
 	if s.chain, err = ca.LoadChain(cfg.DataDir); err != nil {
 		if errors.Is(err, ca.ErrNoCA) {
 			return nil, fmt.Errorf("no CA in %s: run 'rootgate ca init' first: %w", ca.Dir(cfg.DataDir), err)
 		}
 		return nil, fmt.Errorf("load the CA chain: %w", err)
 	}
+	if s.trust, err = ca.ResolveTrustDomain(cfg.DataDir, cfg.TrustDomain, "the server's configuration"); err != nil {
+		return nil, err
+	}
+	if s.trust == "" {
+		s.trust = config.DefaultServer().TrustDomain
+	}
+	if err := ca.ValidateTrustDomain(s.trust); err != nil {
+		return nil, err
+	}
+	if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+
+	// Both listeners before anything is signed: a bad or busy address
+	// must not cost a journaled serving certificate.
+	var lc net.ListenConfig
+	if s.lis, err = lc.Listen(ctx, "tcp", cfg.Enroll.Listen); err != nil {
+		return nil, fmt.Errorf("enrollment listener: %w", err)
+	}
+	if cfg.MetricsListen != "" {
+		if s.mlis, err = lc.Listen(ctx, "tcp", cfg.MetricsListen); err != nil {
+			return nil, fmt.Errorf("metrics listener: %w", err)
+		}
+	}
+
 	u, err := hsm.ParseURI(cfg.HSM.URI)
 	if err != nil {
 		return nil, fmt.Errorf("HSM URI: %w", err)
@@ -94,7 +131,7 @@ func New(ctx context.Context, cfg config.Server, log *slog.Logger) (_ *Server, e
 		return nil, fmt.Errorf("open the store: %w", err)
 	}
 	issuer, err := ca.New(signer, s.chain, s.store, ca.Config{
-		TrustDomain:     cfg.TrustDomain,
+		TrustDomain:     s.trust,
 		DefaultLifetime: cfg.CA.DefaultLifetime.Std(),
 		MaxLifetime:     cfg.CA.MaxLifetime.Std(),
 	})
@@ -113,7 +150,7 @@ func New(ctx context.Context, cfg config.Server, log *slog.Logger) (_ *Server, e
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	svc, err := enroll.New(enroll.Config{
 		Mode:         s.mode,
-		TrustDomain:  cfg.TrustDomain,
+		TrustDomain:  s.trust,
 		EKVerifier:   ekv,
 		Store:        s.store,
 		Issuer:       issuer,
@@ -129,16 +166,8 @@ func New(ctx context.Context, cfg config.Server, log *slog.Logger) (_ *Server, e
 	if s.serving, err = enroll.NewServingCert(ctx, issuer, cfg.Enroll.ServerNames, 0, log); err != nil {
 		return nil, fmt.Errorf("enrollment listener certificate: %w", err)
 	}
-
-	var lc net.ListenConfig
-	if s.lis, err = lc.Listen(ctx, "tcp", cfg.Enroll.Listen); err != nil {
-		return nil, fmt.Errorf("enrollment listener: %w", err)
-	}
 	s.grpc = enroll.NewGRPCServer(svc, s.serving.TLSConfig())
-	if cfg.MetricsListen != "" {
-		if s.mlis, err = lc.Listen(ctx, "tcp", cfg.MetricsListen); err != nil {
-			return nil, fmt.Errorf("metrics listener: %w", err)
-		}
+	if s.mlis != nil {
 		s.http = &http.Server{
 			Handler:           s.healthMux(reg),
 			ReadHeaderTimeout: 5 * time.Second,
@@ -147,6 +176,9 @@ func New(ctx context.Context, cfg config.Server, log *slog.Logger) (_ *Server, e
 	}
 	return s, nil
 }
+
+// TrustDomain is the SPIFFE trust domain the server issues for.
+func (s *Server) TrustDomain() string { return s.trust }
 
 // Addr is the enrollment listener's address.
 func (s *Server) Addr() string { return s.lis.Addr().String() }
@@ -223,7 +255,8 @@ func (s *Server) Run(ctx context.Context) error {
 	return runErr
 }
 
-// Close releases the listeners, the store and the HSM token. Run calls it;
+// Close releases the listeners, the store, the HSM token and the data
+// directory's lock. Run calls it;
 // call it directly only when Run is never called.
 func (s *Server) Close() error {
 	var errs []error
@@ -243,6 +276,11 @@ func (s *Server) Close() error {
 	if s.token != nil {
 		errs = append(errs, s.token.Close())
 		s.token = nil
+	}
+	if s.lock != nil {
+		// Closing the file releases the flock.
+		errs = append(errs, s.lock.Close())
+		s.lock = nil
 	}
 	return errors.Join(errs...)
 }

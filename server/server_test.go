@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/rootgate/rootgate/hsm"
 	"github.com/rootgate/rootgate/internal/config"
 	"github.com/rootgate/rootgate/internal/testenv"
+	"github.com/rootgate/rootgate/inventory"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.RunWithSoftHSM(m)) }
@@ -116,5 +119,142 @@ func TestNewRefuses(t *testing.T) {
 	badMode.Enroll.Listen = "127.0.0.1:0"
 	if _, err := New(context.Background(), badMode, nil); err == nil || !strings.Contains(err.Error(), "open-door") {
 		t.Fatalf("bad mode: %v", err)
+	}
+}
+
+// TestNewTrustDomain: the trust domain recorded with the CA is used when the
+// configuration leaves it empty, and a different one is refused naming both.
+func TestNewTrustDomain(t *testing.T) {
+	cfg := newConfig(t, "server-td", true)
+	if err := ca.RecordTrustDomain(cfg.DataDir, "corp.test"); err != nil {
+		t.Fatal(err)
+	}
+	cfg.TrustDomain = "other.test"
+	_, err := New(context.Background(), cfg, nil)
+	if !errors.Is(err, ca.ErrTrustDomain) || !strings.Contains(err.Error(), "data dir "+cfg.DataDir+" belongs to trust domain corp.test") ||
+		!strings.Contains(err.Error(), "says other.test") {
+		t.Fatalf("mismatch: %v", err)
+	}
+	if certs := serverCerts(t, cfg.DataDir); len(certs) != 0 {
+		t.Errorf("a refused server journaled %d certificates", len(certs))
+	}
+	for _, td := range []string{"", "corp.test"} {
+		cfg.TrustDomain = td
+		s, err := New(context.Background(), cfg, nil)
+		if err != nil {
+			t.Fatalf("trust domain %q: %v", td, err)
+		}
+		if s.TrustDomain() != "corp.test" {
+			t.Errorf("trust domain %q: server uses %q, want the recorded corp.test", td, s.TrustDomain())
+		}
+		s.Close()
+	}
+
+	// A data directory from before the record keeps the configured one.
+	legacy := newConfig(t, "server-td-legacy", true)
+	legacy.TrustDomain = "legacy.test"
+	s, err := New(context.Background(), legacy, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.TrustDomain() != "legacy.test" {
+		t.Errorf("legacy data dir: trust domain %q", s.TrustDomain())
+	}
+	s.Close()
+}
+
+// serverCerts returns the serving certificates journaled in dataDir's store
+// (none if there is no store).
+func serverCerts(t *testing.T, dataDir string) []*inventory.Certificate {
+	t.Helper()
+	if _, err := os.Stat(StorePath(dataDir)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	st, err := inventory.Open(context.Background(), StorePath(dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	certs, err := st.ListCertificates(context.Background(), "") // serving certificates have no device
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs
+}
+
+// TestNewListenFailsBeforeIssuing: a bad or busy listen address fails New
+// before the serving certificate is signed and journaled.
+func TestNewListenFailsBeforeIssuing(t *testing.T) {
+	cfg := newConfig(t, "server-listen", true)
+	st, err := inventory.Open(context.Background(), StorePath(cfg.DataDir)) // the store exists, as after admin commands
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for name, set := range map[string]func(*config.Server){
+		"nonsense":     func(c *config.Server) { c.Enroll.Listen = "nonsense" },
+		"busy enroll":  func(c *config.Server) { c.Enroll.Listen = busy.Addr().String() },
+		"busy metrics": func(c *config.Server) { c.MetricsListen = busy.Addr().String() },
+	} {
+		c := cfg
+		set(&c)
+		if _, err := New(context.Background(), c, nil); err == nil || !strings.Contains(err.Error(), "listener") {
+			t.Errorf("%s: %v, want a listener error", name, err)
+		}
+	}
+	if certs := serverCerts(t, cfg.DataDir); len(certs) != 0 {
+		t.Errorf("failed starts journaled %d serving certificates", len(certs))
+	}
+	// The control: a start that binds journals exactly one.
+	s, err := New(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if certs := serverCerts(t, cfg.DataDir); len(certs) != 1 {
+		t.Errorf("one start journaled %d serving certificates, want 1", len(certs))
+	}
+}
+
+// TestNewOneServerPerDataDir: a second server on the same data directory is
+// refused while the first runs, and may start once it is closed.
+func TestNewOneServerPerDataDir(t *testing.T) {
+	cfg := newConfig(t, "server-lock", true)
+	first, err := New(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(context.Background(), cfg, nil)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "another rootgate server is running on "+cfg.DataDir) {
+		t.Fatalf("second server: %v", err)
+	}
+	if certs := serverCerts(t, cfg.DataDir); len(certs) != 1 {
+		t.Errorf("%d serving certificates journaled, want only the first server's", len(certs))
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := New(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatalf("after the first closed: %v", err)
+	}
+	again.Close()
+}
+
+// TestNewMissingDataDir: a data directory without a CA is refused and
+// nothing is created in it.
+func TestNewMissingDataDir(t *testing.T) {
+	cfg := newConfig(t, "server-typo", false)
+	cfg.DataDir = filepath.Join(cfg.DataDir, "typo")
+	if _, err := New(context.Background(), cfg, nil); !errors.Is(err, ErrNoCA) || !strings.Contains(err.Error(), "no Rootgate CA in "+cfg.DataDir) {
+		t.Fatalf("missing data dir: %v", err)
+	}
+	if _, err := os.Stat(cfg.DataDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("New created %s (%v)", cfg.DataDir, err)
 	}
 }
