@@ -95,6 +95,11 @@ Run it again at any time: with a certificate that has more than --renew-before
 left it does nothing; otherwise it re-enrolls, reusing the AK and creating a
 new device key. --force re-enrolls anyway.
 
+While the server cannot be reached (nothing listening, a restart) the agent
+retries with exponential backoff (about 1s doubling to 30s) until --timeout,
+printing a line per retry. A refusal by the server, or a server certificate
+that --ca-bundle does not verify, fails at once.
+
 The enrollment token is a secret. Prefer --token-file or $` + tokenEnv + `:
 a --token value is visible to other users in the process list.`,
 		Args: cobra.NoArgs,
@@ -158,7 +163,7 @@ a --token value is visible to other users in the process list.`,
 	fl.StringVar(&token, "token", "", "one-time enrollment token (visible in the process list: prefer --token-file or $"+tokenEnv+")")
 	fl.StringVar(&tokenFile, "token-file", "", "file holding the one-time enrollment token")
 	fl.BoolVar(&force, "force", false, "re-enroll even if the certificate is still valid")
-	fl.DurationVar(&timeout, "timeout", 5*time.Minute, "give up after this long, including time waiting for approval (0: no limit)")
+	fl.DurationVar(&timeout, "timeout", 5*time.Minute, "give up after this long, including retries while the server is unreachable and time waiting for approval (0: no limit)")
 	fl.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error (logs go to stderr)")
 	return cmd
 }
@@ -186,6 +191,25 @@ func enrollToken(cmd *cobra.Command, token, file string) (string, error) {
 	return strings.TrimSpace(os.Getenv(tokenEnv)), nil
 }
 
+// Exit statuses of `rootgate agent status` when the device is not healthy
+// (1 is any other error: bad flags, an unreadable state directory).
+const (
+	exitNotEnrolled    = 2
+	exitExpired        = 3
+	exitKeyNotVerified = 4
+)
+
+// statusExit is an unhealthy `agent status`: main prints it and exits with
+// its code.
+type statusExit struct {
+	code int
+	err  error
+}
+
+func (e *statusExit) Error() string { return e.err.Error() }
+func (e *statusExit) Unwrap() error { return e.err }
+func (e *statusExit) ExitCode() int { return e.code }
+
 // agentStatus is what `rootgate agent status -o json` prints.
 type agentStatus struct {
 	Enrolled  bool      `json:"enrolled"`
@@ -198,24 +222,63 @@ type agentStatus struct {
 	Expired   bool      `json:"expired,omitempty"`
 	CertPath  string    `json:"cert_path,omitempty"`
 	Reason    string    `json:"reason,omitempty"`
+	// Key is the device key check (--verify-key); KeyError is why it
+	// failed.
+	Key      *agent.KeyReport `json:"key,omitempty"`
+	KeyError string           `json:"key_error,omitempty"`
 }
 
+// verifyKeyTimeout bounds connecting to the TPM for --verify-key.
+const verifyKeyTimeout = 30 * time.Second
+
 func newAgentStatusCmd() *cobra.Command {
-	var flags agentFlags
+	var (
+		flags     agentFlags
+		verifyKey bool
+	)
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show this device's enrollment from the state directory (no TPM, no network)",
-		Args:  cobra.NoArgs,
+		Short: "Show this device's enrollment; exits non-zero unless enrolled and valid (a health check)",
+		Long: `Status shows the enrollment recorded in the state directory: device ID,
+certificate serial and expiry. It reads only the state directory, unless
+--verify-key is given.
+
+--verify-key also proves that the certificate's key is held by the TPM: it
+loads key.blob into the TPM (--tpm), checks that the loaded key is the
+certificate's, has the TPM sign a fresh random challenge and verifies the
+signature with the certificate's public key, and reports the key's TPM
+attributes (fixedTPM and sensitiveDataOrigin are required: the key was
+created in the TPM and cannot leave it). It changes nothing.
+
+The status is printed in every case. Exit status, for health checks:
+  0  enrolled, certificate valid (and with --verify-key, the key verified)
+  1  error: bad flags or configuration, unreadable state directory
+  2  not enrolled
+  3  certificate expired
+  4  --verify-key: the TPM does not hold the certificate's key, or the TPM
+     could not be used
+When several apply, the highest is used.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, asJSON, err := loadWithOutput(cmd, flags.load)
 			if err != nil {
 				return err
 			}
+			if verifyKey {
+				if _, err := agent.ParseTPMDevice(cfg.TPM); err != nil {
+					return err
+				}
+			}
 			var st agentStatus
+			var unhealthy *statusExit
 			e, err := agent.ReadEnrollment(cfg.StateDir)
 			switch {
 			case errors.Is(err, agent.ErrNotEnrolled):
 				st.Reason = err.Error()
+				if err == agent.ErrNotEnrolled {
+					err = fmt.Errorf("%w: no %s in %s", err, agent.StateFile, cfg.StateDir)
+				}
+				unhealthy = &statusExit{exitNotEnrolled, err}
 			case err != nil:
 				return err
 			default:
@@ -231,32 +294,64 @@ func newAgentStatusCmd() *cobra.Command {
 					Expired:   left <= 0,
 					CertPath:  filepath.Join(cfg.StateDir, agent.CertFile),
 				}
+				if st.Expired {
+					unhealthy = &statusExit{exitExpired, fmt.Errorf("certificate expired at %s", st.NotAfter.Local().Format(time.RFC3339))}
+				}
+				if verifyKey {
+					ctx, cancel := context.WithTimeout(cmd.Context(), verifyKeyTimeout)
+					st.Key, err = agent.VerifyKey(ctx, cfg.TPM, cfg.StateDir)
+					cancel()
+					if err != nil {
+						st.KeyError = strings.TrimPrefix(err.Error(), "agent: ")
+						unhealthy = &statusExit{exitKeyNotVerified, err}
+					}
+				}
 			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), st)
+			if err := printStatus(cmd, cfg.StateDir, st, asJSON); err != nil {
+				return err
 			}
-			out := cmd.OutOrStdout()
-			if !st.Enrolled {
-				fmt.Fprintf(out, "not enrolled (%s)\n", cfg.StateDir)
-				return nil
+			if unhealthy != nil {
+				return unhealthy
 			}
-			tw := newTable(out)
-			fmt.Fprintf(tw, "device ID\t%s\n", st.DeviceID)
-			if st.SPIFFEID != "" {
-				fmt.Fprintf(tw, "SPIFFE ID\t%s\n", st.SPIFFEID)
-			}
-			fmt.Fprintf(tw, "serial\t%s\n", st.Serial)
-			fmt.Fprintf(tw, "server\t%s\n", st.Server)
-			fmt.Fprintf(tw, "expires\t%s\n", st.NotAfter.Local().Format(time.RFC3339))
-			if st.Expired {
-				fmt.Fprintf(tw, "time left\texpired\n")
-			} else {
-				fmt.Fprintf(tw, "time left\t%s\n", st.Remaining)
-			}
-			fmt.Fprintf(tw, "certificate\t%s\n", st.CertPath)
-			return tw.Flush()
+			return nil
 		},
 	}
 	flags.register(cmd, false)
+	fl := cmd.Flags()
+	fl.BoolVar(&verifyKey, "verify-key", false, "also prove with the TPM that it holds the certificate's key (opens the TPM)")
+	fl.StringVar(&flags.tpm, "tpm", "", "TPM for --verify-key: /dev/tpmrm0, tcp://HOST:PORT (swtpm socket) or unix:///PATH [default /dev/tpmrm0]")
 	return cmd
+}
+
+// printStatus prints st as JSON or as a table.
+func printStatus(cmd *cobra.Command, stateDir string, st agentStatus, asJSON bool) error {
+	out := cmd.OutOrStdout()
+	if asJSON {
+		return printJSON(out, st)
+	}
+	if !st.Enrolled {
+		fmt.Fprintf(out, "not enrolled (%s)\n", stateDir)
+		return nil
+	}
+	tw := newTable(out)
+	fmt.Fprintf(tw, "device ID\t%s\n", st.DeviceID)
+	if st.SPIFFEID != "" {
+		fmt.Fprintf(tw, "SPIFFE ID\t%s\n", st.SPIFFEID)
+	}
+	fmt.Fprintf(tw, "serial\t%s\n", st.Serial)
+	fmt.Fprintf(tw, "server\t%s\n", st.Server)
+	fmt.Fprintf(tw, "expires\t%s\n", st.NotAfter.Local().Format(time.RFC3339))
+	if st.Expired {
+		fmt.Fprintf(tw, "time left\texpired\n")
+	} else {
+		fmt.Fprintf(tw, "time left\t%s\n", st.Remaining)
+	}
+	fmt.Fprintf(tw, "certificate\t%s\n", st.CertPath)
+	switch {
+	case st.KeyError != "":
+		fmt.Fprintf(tw, "device key\tNOT VERIFIED: %s\n", st.KeyError)
+	case st.Key != nil:
+		fmt.Fprintf(tw, "device key\t%s\n", st.Key.Summary())
+	}
+	return tw.Flush()
 }
