@@ -15,7 +15,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -25,7 +24,6 @@ import (
 	"github.com/rootgate/rootgate/ca"
 	"github.com/rootgate/rootgate/hsm"
 	"github.com/rootgate/rootgate/internal/config"
-	"github.com/rootgate/rootgate/inventory"
 	"github.com/rootgate/rootgate/server"
 )
 
@@ -294,6 +292,11 @@ type caInitJSON struct {
 	ChainPath  string     `json:"chain_path,omitempty"`
 	CSRPath    string     `json:"csr_path,omitempty"`
 	Chain      []certJSON `json:"chain,omitempty"`
+	// TrustDomain is the data directory's SPIFFE trust domain;
+	// TrustDomainPath is where it is recorded, empty for a data directory
+	// from before the record (then the configured one applies).
+	TrustDomain     string `json:"trust_domain"`
+	TrustDomainPath string `json:"trust_domain_path,omitempty"`
 }
 
 func newCAInitCmd() *cobra.Command {
@@ -313,10 +316,19 @@ certificate into <data-dir>/ca/chain.pem. With --intermediate it writes
 <data-dir>/ca/intermediate.csr instead; have the offline root sign it and
 install the result with 'rootgate ca import-cert'.
 
+The SPIFFE trust domain (--trust-domain or trust_domain, default
+rootgate.local) is recorded in <data-dir>/ca/trust-domain with the CA. Every
+later command on the data directory uses it, and refuses a --trust-domain or
+trust_domain that differs.
+
 Running it again is safe: an installed CA certificate and its key are kept.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, asJSON, err := loadWithOutput(cmd, sf.load)
+			asJSON, err := jsonOutput(cmd)
+			if err != nil {
+				return err
+			}
+			cfg, explicitTD, err := sf.loadInit(cmd)
 			if err != nil {
 				return err
 			}
@@ -339,7 +351,7 @@ Running it again is safe: an installed CA certificate and its key are kept.`,
 				return fmt.Errorf("key algorithm %q: want ecdsa-p256, ecdsa-p384 or rsa-3072", cfg.HSM.KeyAlgorithm)
 			}
 			ctx := cmd.Context()
-			res, err := caInit(ctx, cmd, cfg, intermediate)
+			res, err := caInit(ctx, cmd, cfg, intermediate, explicitTD)
 			if err != nil {
 				return err
 			}
@@ -357,6 +369,7 @@ Running it again is safe: an installed CA certificate and its key are kept.`,
 			}
 			printCerts(w, "certificate", res.Chain)
 			printKey(w, res.Key)
+			printTrustDomain(w, res.TrustDomain, res.TrustDomainPath)
 			return nil
 		},
 	}
@@ -368,7 +381,42 @@ Running it again is safe: an installed CA certificate and its key are kept.`,
 	return cmd
 }
 
-func caInit(ctx context.Context, cmd *cobra.Command, cfg config.Server, intermediate bool) (*caInitJSON, error) {
+// printTrustDomain writes the data directory's trust domain and where it
+// is recorded.
+func printTrustDomain(w io.Writer, td, path string) {
+	if path == "" {
+		fmt.Fprintf(w, "Trust domain: %s (not recorded in the data directory: from the configuration)\n", td)
+		return
+	}
+	fmt.Fprintf(w, "Trust domain: %s (recorded in %s)\n", td, path)
+}
+
+// trustDomainPath is where dataDir records its trust domain, or "" when it
+// records none.
+func trustDomainPath(dataDir string) string {
+	if td, err := ca.LoadTrustDomain(dataDir); err != nil || td == "" {
+		return ""
+	}
+	return ca.TrustDomainPath(dataDir)
+}
+
+// caInit makes or keeps the CA. cfg.TrustDomain is already resolved against
+// the data directory; explicitTD says it was given (flag or file), so that
+// a CA from before the trust domain was recorded gets it recorded now.
+func caInit(ctx context.Context, cmd *cobra.Command, cfg config.Server, intermediate, explicitTD bool) (out *caInitJSON, err error) {
+	defer func() {
+		if out != nil {
+			out.TrustDomain, out.TrustDomainPath = cfg.TrustDomain, trustDomainPath(cfg.DataDir)
+		}
+	}()
+	// recordExisting records an explicit trust domain for a CA (or CSR) that
+	// predates the record; a recorded one is already equal (resolved).
+	recordExisting := func() error {
+		if !explicitTD {
+			return nil
+		}
+		return ca.RecordTrustDomain(cfg.DataDir, cfg.TrustDomain)
+	}
 	chainPath, csrPath := ca.ChainPath(cfg.DataDir), ca.CSRPath(cfg.DataDir)
 	chain, err := ca.LoadChain(cfg.DataDir)
 	if err != nil && !errors.Is(err, ca.ErrNoCA) {
@@ -394,6 +442,9 @@ func caInit(ctx context.Context, cmd *cobra.Command, cfg config.Server, intermed
 		if !*desc.Matches {
 			return nil, fmt.Errorf("CA certificate %s does not match key %q in %s", chainPath, k.label, k.uri)
 		}
+		if err := recordExisting(); err != nil {
+			return nil, err
+		}
 		return &caInitJSON{Status: "exists", Key: desc, ChainPath: chainPath, Chain: describeChain(chain)}, nil
 	}
 
@@ -415,6 +466,9 @@ func caInit(ctx context.Context, cmd *cobra.Command, cfg config.Server, intermed
 		if err != nil {
 			return nil, err
 		}
+		if err := recordExisting(); err != nil {
+			return nil, err
+		}
 		return &caInitJSON{Status: "pending", KeyCreated: created, Key: desc, CSRPath: csrPath}, nil
 	}
 	if created {
@@ -428,6 +482,7 @@ func caInit(ctx context.Context, cmd *cobra.Command, cfg config.Server, intermed
 		CommonName:   cfg.CA.CommonName,
 		Validity:     cfg.CA.Validity.Std(),
 		Intermediate: intermediate,
+		TrustDomain:  cfg.TrustDomain,
 	})
 	if err != nil {
 		return nil, err
@@ -440,7 +495,7 @@ func caInit(ctx context.Context, cmd *cobra.Command, cfg config.Server, intermed
 	if err != nil {
 		return nil, err
 	}
-	out := &caInitJSON{KeyCreated: created, Key: desc}
+	out = &caInitJSON{KeyCreated: created, Key: desc}
 	if intermediate {
 		out.Status, out.CSRPath = "pending", res.Path
 	} else {
@@ -491,7 +546,8 @@ the certificate), then writes the chain to <data-dir>/ca/chain.pem.`,
 			if err != nil {
 				return err
 			}
-			out := caInitJSON{Status: "imported", Key: desc, ChainPath: ca.ChainPath(cfg.DataDir), Chain: describeChain(chain)}
+			out := caInitJSON{Status: "imported", Key: desc, ChainPath: ca.ChainPath(cfg.DataDir), Chain: describeChain(chain),
+				TrustDomain: cfg.TrustDomain, TrustDomainPath: trustDomainPath(cfg.DataDir)}
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
@@ -499,6 +555,7 @@ the certificate), then writes the chain to <data-dir>/ca/chain.pem.`,
 			fmt.Fprintf(w, "Installed the CA chain in %s.\n", out.ChainPath)
 			printCerts(w, "certificate", out.Chain)
 			printKey(w, out.Key)
+			printTrustDomain(w, out.TrustDomain, out.TrustDomainPath)
 			return nil
 		},
 	}
@@ -508,10 +565,12 @@ the certificate), then writes the chain to <data-dir>/ca/chain.pem.`,
 }
 
 type caShowJSON struct {
-	ChainPath string     `json:"chain_path"`
-	Chain     []certJSON `json:"chain,omitempty"`
-	CSRPath   string     `json:"pending_csr,omitempty"`
-	Key       keyJSON    `json:"key"`
+	ChainPath       string     `json:"chain_path"`
+	Chain           []certJSON `json:"chain,omitempty"`
+	CSRPath         string     `json:"pending_csr,omitempty"`
+	Key             keyJSON    `json:"key"`
+	TrustDomain     string     `json:"trust_domain"`
+	TrustDomainPath string     `json:"trust_domain_path,omitempty"`
 }
 
 func newCAShowCmd() *cobra.Command {
@@ -525,7 +584,7 @@ func newCAShowCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := caShowJSON{ChainPath: ca.ChainPath(cfg.DataDir)}
+			out := caShowJSON{ChainPath: ca.ChainPath(cfg.DataDir), TrustDomain: cfg.TrustDomain, TrustDomainPath: trustDomainPath(cfg.DataDir)}
 			chain, err := ca.LoadChain(cfg.DataDir)
 			switch {
 			case errors.Is(err, ca.ErrNoCA):
@@ -562,6 +621,7 @@ func newCAShowCmd() *cobra.Command {
 				printCerts(w, "certificate", out.Chain)
 			}
 			printKey(w, out.Key)
+			printTrustDomain(w, out.TrustDomain, out.TrustDomainPath)
 			return nil
 		},
 	}
@@ -613,7 +673,7 @@ certificate is recorded in <data-dir>/rootgate.db before it is written out.`,
 			chain, err := ca.LoadChain(cfg.DataDir)
 			if err != nil {
 				if errors.Is(err, ca.ErrNoCA) {
-					return fmt.Errorf("%w: run 'rootgate ca init'", err)
+					return fmt.Errorf("%w: the intermediate CSR %s waits for its certificate: install it with 'rootgate ca import-cert'", err, ca.CSRPath(cfg.DataDir))
 				}
 				return err
 			}
@@ -623,8 +683,7 @@ certificate is recorded in <data-dir>/rootgate.db before it is written out.`,
 				return err
 			}
 			defer k.Close()
-			dbPath := filepath.Join(cfg.DataDir, storeFile)
-			store, err := inventory.Open(ctx, dbPath)
+			store, err := openStore(ctx, cfg)
 			if err != nil {
 				return fmt.Errorf("open the store: %w", err)
 			}

@@ -189,7 +189,7 @@ func TestCAInitTwiceKeepsKeyAndCertificate(t *testing.T) {
 func TestCAShow(t *testing.T) {
 	t.Parallel()
 	s := newSite(t, "")
-	fails(t, s.run("ca", "show"), "no CA certificate", "rootgate ca init")
+	fails(t, s.run("ca", "show"), "no Rootgate CA in "+s.dataDir, "run 'rootgate ca init' or check --data-dir")
 	s.initCA("--common-name", "Show & Tell CA")
 
 	var show caShowJSON
@@ -399,6 +399,9 @@ func TestCAIntermediate(t *testing.T) {
 		t.Error("init --intermediate again rewrote the CSR")
 	}
 	fails(t, s.run("ca", "init"), "intermediate CSR is waiting", csrPath)
+	if td := readFile(t, filepath.Join(s.dataDir, "ca", "trust-domain")); string(td) != s.trustDomain+"\n" {
+		t.Errorf("trust domain recorded with the CSR: %q, want %q", td, s.trustDomain)
+	}
 	fails(t, s.run("server", "--listen", "127.0.0.1:0", "--metrics-listen", ""), "rootgate ca init")
 
 	root := newOfflineRoot(t)
@@ -435,6 +438,9 @@ func TestCAIntermediate(t *testing.T) {
 	if _, err := os.Stat(csrPath); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the CSR is still there after the import (err %v)", err)
 	}
+	if imp.TrustDomain != s.trustDomain || string(readFile(t, imp.TrustDomainPath)) != s.trustDomain+"\n" {
+		t.Errorf("import-cert: trust domain %q in %q, want %s kept", imp.TrustDomain, imp.TrustDomainPath, s.trustDomain)
+	}
 	if again := s.initCA(); again.Status != "exists" || len(again.Chain) != 2 {
 		t.Errorf("init after import: %+v", again)
 	}
@@ -465,7 +471,7 @@ func TestCAIssue(t *testing.T) {
 	s := newSite(t, "")
 	dir := t.TempDir()
 	csrPath := writePEM(t, dir, "device.csr", "CERTIFICATE REQUEST", deviceCSR(t, newP256(t)))
-	fails(t, s.run("ca", "issue", "--csr", csrPath, "--device-id", "dev1"), "no CA certificate", "rootgate ca init")
+	fails(t, s.run("ca", "issue", "--csr", csrPath, "--device-id", "dev1"), "no Rootgate CA in "+s.dataDir, "run 'rootgate ca init' or check --data-dir")
 
 	s.initCA()
 	chainPath := filepath.Join(s.dataDir, "ca", "chain.pem")
@@ -535,11 +541,10 @@ func TestCAIssue(t *testing.T) {
 		t.Errorf("ca issue -o json without --out: pem %q", withPEM.PEM)
 	}
 
-	// The flag beats the file's trust domain.
-	flagTD, _ := s.issue(csrPath, "--device-id", "dev4", "--trust-domain", "flag.rootgate.test")
-	if flagTD.SPIFFEID != "spiffe://flag.rootgate.test/device/dev4" {
-		t.Errorf("--trust-domain flag: SPIFFE ID %q", flagTD.SPIFFEID)
-	}
+	// The data directory belongs to the file's trust domain, recorded by
+	// ca init: another one on the command line is refused.
+	_, r = s.issue(csrPath, "--device-id", "dev4", "--trust-domain", "flag.rootgate.test")
+	fails(t, r, "data dir "+s.dataDir+" belongs to trust domain cli.rootgate.test; --trust-domain says flag.rootgate.test")
 }
 
 // TestCAIssueRefuses: bad requests exit non-zero with the reason, and no

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -59,6 +62,15 @@ func execute(t *testing.T, args ...string) (string, string, error) {
 
 func TestRootCmdInProcess(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
+	// No CA there: refused, nothing created.
+	if _, _, err := execute(t, "devices", "list", "-o", "json", "--data-dir", dir); err == nil ||
+		err.Error() != "no Rootgate CA in "+dir+": run 'rootgate ca init' or check --data-dir" {
+		t.Errorf("devices list on a data dir without a CA: %v", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a refused command created %s (err %v)", dir, err)
+	}
+	softCA(t, dir, "inproc.test")
 	out, _, err := execute(t, "devices", "list", "-o", "json", "--data-dir", dir)
 	if err != nil || out != "[]\n" {
 		t.Errorf("devices list -o json on a new store: %q, %v; want []", out, err)

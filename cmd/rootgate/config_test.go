@@ -88,13 +88,17 @@ func TestConfigErrors(t *testing.T) {
 func TestConfigFlagsOverrideFile(t *testing.T) {
 	t.Parallel()
 	s := newSite(t, "")
+	fileDir := filepath.Join(t.TempDir(), "filedata")
 	flagDir := filepath.Join(t.TempDir(), "flagdata")
+	softCA(t, fileDir, s.trustDomain)
+	softCA(t, flagDir, s.trustDomain)
+	fileCfg := writeConfig(t, "data_dir: "+fileDir+"\n")
 
 	// data_dir: the file's, unless --data-dir says otherwise.
-	ok(t, s.run("tokens", "create"))
-	ok(t, s.run("tokens", "create", "--data-dir", flagDir))
-	ok(t, s.run("tokens", "create", "--data-dir", flagDir))
-	for dir, want := range map[string]int{s.dataDir: 1, flagDir: 2} {
+	ok(t, run(t, nil, nil, "tokens", "create", "--config", fileCfg))
+	ok(t, run(t, nil, nil, "tokens", "create", "--config", fileCfg, "--data-dir", flagDir))
+	ok(t, run(t, nil, nil, "tokens", "create", "--config", fileCfg, "--data-dir", flagDir))
+	for dir, want := range map[string]int{fileDir: 1, flagDir: 2} {
 		if _, err := os.Stat(filepath.Join(dir, "rootgate.db")); err != nil {
 			t.Fatalf("no store in %s: %v", dir, err)
 		}

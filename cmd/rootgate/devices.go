@@ -18,12 +18,13 @@ import (
 )
 
 // openStore opens the inventory in the server's data directory
-// (<data-dir>/rootgate.db), creating the directory if needed. The admin
-// commands work on this file directly; SQLite's locking lets them run next
-// to a live server.
+// (<data-dir>/rootgate.db). The admin commands work on this file directly;
+// SQLite's locking lets them run next to a live server. A data directory
+// without a CA is refused before anything is created: it is a mistyped
+// --data-dir, not an installation a server reads.
 func openStore(ctx context.Context, cfg config.Server) (*inventory.Store, error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
+	if err := requireCA(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	return inventory.Open(ctx, filepath.Join(cfg.DataDir, storeFile))
 }

@@ -5,6 +5,9 @@ import (
 	"encoding/base32"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -54,6 +57,7 @@ func wantKeys(t *testing.T, raw json.RawMessage, want []string, optional ...stri
 func TestDevicesLifecycle(t *testing.T) {
 	t.Parallel()
 	s := newSite(t, "")
+	s.softCA()
 	ek := newP256(t)
 	fp := ekFingerprint(t, ek.Public())
 	// The documented device ID: lowercase base32 of the first 20 bytes of
@@ -156,6 +160,7 @@ func TestDevicesLifecycle(t *testing.T) {
 func TestDevicesApprovalQueue(t *testing.T) {
 	t.Parallel()
 	s := newSite(t, "")
+	s.softCA()
 	ok(t, s.run("devices", "list")) // creates the store
 	ctx := context.Background()
 	st, err := inventory.Open(ctx, filepath.Join(s.dataDir, "rootgate.db"))
@@ -225,7 +230,12 @@ func TestOutputFormat(t *testing.T) {
 	} {
 		fails(t, s.run(append(args, "-o", "yaml")...), `unknown output format "yaml" (want text or json)`)
 	}
-	// Nothing was done: no store, no CA.
+	// Nothing was done: no data directory at all.
+	if _, err := os.Stat(s.dataDir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after -o yaml: data directory %s exists (err %v)", s.dataDir, err)
+	}
+	fails(t, s.run("ca", "show"), "no Rootgate CA in "+s.dataDir)
+	s.softCA()
 	var devs []inventory.Device
 	s.json(&devs, "devices", "list")
 	var toks []inventory.Token
@@ -233,7 +243,6 @@ func TestOutputFormat(t *testing.T) {
 	if len(devs) != 0 || len(toks) != 0 {
 		t.Errorf("after -o yaml: %d devices, %d tokens; want none", len(devs), len(toks))
 	}
-	fails(t, s.run("ca", "show"), "no CA certificate")
 	// JSON is accepted in any case, like text.
 	ok(t, s.run("devices", "list", "-o", "JSON"))
 	ok(t, s.run("devices", "list", "--output", "text"))

@@ -8,6 +8,9 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -22,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rootgate/rootgate/ca"
 	"github.com/rootgate/rootgate/internal/testenv"
 )
 
@@ -232,6 +236,24 @@ func (s *site) initCA(args ...string) caInitJSON {
 	s.json(&out, append([]string{"ca", "init"}, args...)...)
 	return out
 }
+
+// softCA installs in dataDir a CA made with an in-memory key, as
+// `rootgate ca init` would but without the HSM, recording trustDomain. It
+// is for tests of commands that never sign (devices, tokens, audit): they
+// need a CA in the data directory, not its key.
+func softCA(t *testing.T, dataDir, trustDomain string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Init(context.Background(), key, ca.InitOptions{DataDir: dataDir, CommonName: "Soft CA", TrustDomain: trustDomain}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// softCA installs a software CA (softCA) for the site's trust domain.
+func (s *site) softCA() { s.t.Helper(); softCA(s.t, s.dataDir, s.trustDomain) }
 
 // readFile returns the content of a file, failing the test if it cannot.
 func readFile(t *testing.T, path string) []byte {

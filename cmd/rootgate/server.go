@@ -24,12 +24,15 @@ func newServerCmd() *cobra.Command {
 TLS 1.3, with a certificate the CA issues to itself and renews) and, when
 metrics_listen is set, /metrics, /healthz and /readyz over plain HTTP.
 
-The CA must exist: run 'rootgate ca init' first. The store is
+The CA must exist: run 'rootgate ca init' first. The trust domain is the one
+'ca init' recorded in the data directory; a different --trust-domain or
+trust_domain is refused. One server runs per data directory
+(<data-dir>/server.lock). The store is
 <data-dir>/rootgate.db; EK manufacturer roots are the PEM or DER files in
 --ek-roots.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := sf.load(cmd)
+			cfg, asJSON, err := loadWithOutput(cmd, sf.load)
 			if err != nil {
 				return err
 			}
@@ -46,7 +49,7 @@ The CA must exist: run 'rootgate ca init' first. The store is
 			if f.Changed("metrics-listen") {
 				cfg.MetricsListen = metricsListen
 			}
-			return runServer(cmd, cfg)
+			return runServer(cmd, cfg, asJSON)
 		},
 	}
 	sf.register(cmd)
@@ -67,12 +70,8 @@ type serverStarted struct {
 	ServerCert    string `json:"server_certificate_serial"`
 }
 
-func runServer(cmd *cobra.Command, cfg config.Server) error {
+func runServer(cmd *cobra.Command, cfg config.Server, asJSON bool) error {
 	ctx := cmd.Context()
-	asJSON, err := jsonOutput(cmd)
-	if err != nil {
-		return err
-	}
 	srv, err := server.New(ctx, cfg, newLogger(cfg.LogLevel))
 	if err != nil {
 		return err
@@ -81,7 +80,7 @@ func runServer(cmd *cobra.Command, cfg config.Server) error {
 		Listen:        srv.Addr(),
 		MetricsListen: srv.MetricsAddr(),
 		Mode:          string(srv.Mode()),
-		TrustDomain:   cfg.TrustDomain,
+		TrustDomain:   srv.TrustDomain(),
 		CASubject:     srv.CA().Subject.String(),
 		ServerCert:    srv.ServingCertificate().SerialNumber.Text(16),
 	}

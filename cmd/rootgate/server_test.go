@@ -17,7 +17,7 @@ func TestServerWithoutCA(t *testing.T) {
 	t.Parallel()
 	s := newSite(t, "")
 	r := s.run("server", "--listen", "127.0.0.1:0", "--metrics-listen", "")
-	fails(t, r, "no CA in "+filepath.Join(s.dataDir, "ca"), "run 'rootgate ca init' first")
+	fails(t, r, "no Rootgate CA in "+s.dataDir, "run 'rootgate ca init' or check --data-dir")
 	r = s.run("server", "-o", "json")
 	fails(t, r, "rootgate ca init")
 	if r.stdout != "" {
@@ -39,7 +39,7 @@ func TestServerBadSettings(t *testing.T) {
 func TestServerStartsAndStops(t *testing.T) {
 	t.Parallel()
 	s := newSite(t, "enroll:\n  mode: approval\n")
-	s.initCA("--common-name", "Serving CA")
+	s.initCA("--common-name", "Serving CA", "--trust-domain", "flag.rootgate.test")
 
 	hsmMu.Lock() // until the server is ready: it logs in and signs at start
 	locked := true

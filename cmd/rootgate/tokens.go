@@ -62,7 +62,8 @@ func newTokensCreateCmd() *cobra.Command {
 				fmt.Fprintf(tw, "Bound to EK\t%s\n", orDash(tok.EKFingerprint))
 				fmt.Fprintf(tw, "Labels\t%s\n", formatLabels(tok.Labels))
 				tw.Flush()
-				fmt.Fprintf(w, "\ncreated token %s: the secret above is shown only once; pass it to `rootgate agent enroll --token`\n", tok.ID)
+				fmt.Fprintf(w, "\ncreated token %s: the secret above is shown only once; give it to the device in a file "+
+					"(`rootgate agent enroll --token-file FILE`) or in $ROOTGATE_ENROLL_TOKEN, not with --token, which shows in ps\n", tok.ID)
 				return nil
 			})
 		},

@@ -17,6 +17,7 @@ var secretRE = regexp.MustCompile(`^rgt_[a-z2-7]{32}$`)
 func TestTokens(t *testing.T) {
 	t.Parallel()
 	s := newSite(t, "")
+	s.softCA()
 	fp := ekFingerprint(t, newP256(t).Public())
 
 	var none []json.RawMessage
@@ -55,6 +56,11 @@ func TestTokens(t *testing.T) {
 	secret2, _, _ := strings.Cut(r.stdout, "\n")
 	if !secretRE.MatchString(secret2) || !strings.Contains(r.stdout, "Bound to EK  "+fp) || !strings.Contains(r.stdout, "shown only once") {
 		t.Errorf("tokens create text: %s", r)
+	}
+	// The hint names the ways that keep the secret out of ps, not --token.
+	if !strings.Contains(r.stdout, "--token-file") || !strings.Contains(r.stdout, "$ROOTGATE_ENROLL_TOKEN") ||
+		strings.Contains(r.stdout, "enroll --token`") {
+		t.Errorf("tokens create hint: %s", r)
 	}
 
 	// list: newest first, never a secret.
