@@ -82,9 +82,11 @@ type Store interface {
 }
 
 // Issuer issues device certificates; *ca.Issuer implements it. The
-// certificate must be journaled before IssueDeviceCSR returns.
+// certificate must be journaled before IssueDevice returns. The service has
+// already parsed the CSR, checked its signature and matched its key to the
+// TPM-certified key, so it hands the issuer that key, not the CSR again.
 type Issuer interface {
-	IssueDeviceCSR(ctx context.Context, csrDER []byte, req ca.DeviceRequest) (*ca.Issued, error)
+	IssueDevice(ctx context.Context, req ca.DeviceRequest) (*ca.Issued, error)
 }
 
 // Config configures a Service. Store, Issuer and EKVerifier are required;

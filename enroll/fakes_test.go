@@ -348,7 +348,7 @@ func (f *failingIssuer) setFail(err error) {
 	f.fail = err
 }
 
-func (f *failingIssuer) IssueDeviceCSR(ctx context.Context, csrDER []byte, req ca.DeviceRequest) (*ca.Issued, error) {
+func (f *failingIssuer) IssueDevice(ctx context.Context, req ca.DeviceRequest) (*ca.Issued, error) {
 	f.mu.Lock()
 	f.calls++
 	err := f.fail
@@ -356,7 +356,7 @@ func (f *failingIssuer) IssueDeviceCSR(ctx context.Context, csrDER []byte, req c
 	if err != nil {
 		return nil, err
 	}
-	return f.Issuer.IssueDeviceCSR(ctx, csrDER, req)
+	return f.Issuer.IssueDevice(ctx, req)
 }
 
 // clock is a settable test clock.

@@ -17,7 +17,7 @@ import (
 // TestFinishReadmits: what Begin admitted on can change before Finish (an
 // admin revokes the token or the device, another enrollment spends the
 // token). Finish then refuses with the code and message Begin would give
-// now, issues nothing (IssueDeviceCSR is never called), changes no device
+// now, issues nothing (IssueDevice is never called), changes no device
 // and records one refusal.
 func TestFinishReadmits(t *testing.T) {
 	tests := map[string]struct {
@@ -113,7 +113,7 @@ func TestFinishReadmits(t *testing.T) {
 				t.Errorf("message %q does not name %q", msg, tc.want)
 			}
 			if n := h.issuer.count(); n != calls {
-				t.Errorf("IssueDeviceCSR called %d times by the refused Finish", n-calls)
+				t.Errorf("IssueDevice called %d times by the refused Finish", n-calls)
 			}
 			if n := len(h.store.certStatuses()); n != certs {
 				t.Errorf("refused Finish journaled %d certificates", n-certs)
@@ -211,7 +211,7 @@ func TestActivateRefusedAfterIssueVoids(t *testing.T) {
 			_, err = h.svc.FinishEnrollment(ctx, d.finish(t, b))
 			wantCode(t, err, tc.want, "Finish")
 			if n := h.issuer.count(); n != 1 {
-				t.Fatalf("IssueDeviceCSR called %d times, want 1", n)
+				t.Fatalf("IssueDevice called %d times, want 1", n)
 			}
 			certs := h.store.certStatuses()
 			if len(certs) != 1 {

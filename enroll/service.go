@@ -475,7 +475,7 @@ func (s *Service) finish(ctx context.Context, c *call, req *rootgatev1.FinishEnr
 	if err := s.readmit(ctx, c, p, now); err != nil {
 		return nil, err
 	}
-	issued, err := s.cfg.Issuer.IssueDeviceCSR(ctx, req.GetCsr(), ca.DeviceRequest{
+	issued, err := s.cfg.Issuer.IssueDevice(ctx, ca.DeviceRequest{
 		PublicKey:     devKey,
 		DeviceID:      p.deviceID,
 		EKFingerprint: p.ekFingerprint,
